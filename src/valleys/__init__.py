@@ -1,0 +1,1 @@
+"""valleys: the E optimizer adaptor and ALTO for PyTorch."""

@@ -1,0 +1,1 @@
+"""Training harness: data, models, tasks, training loop, studies and reports."""

@@ -1,0 +1,1 @@
+"""Real datasets that load offline, one module per source."""
