@@ -1,1 +1,32 @@
-"""valleys: the E optimizer adaptor and ALTO for PyTorch."""
+"""valleys: the E optimizer adaptor and ALTO (NeurIPS 2025) for PyTorch.
+
+``from valleys import ALTO, Explore, create_optimizer`` is all most users need; the benchmark
+harness lives in :mod:`valleys.bench` (``pip install valleys[bench]``).
+"""
+
+from .optim import (
+    ALTO,
+    ESGD,
+    EAdam,
+    EAdamW,
+    Explore,
+    Lamb,
+    available_optimizers,
+    create_optimizer,
+    param_groups,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALTO",
+    "ESGD",
+    "EAdam",
+    "EAdamW",
+    "Explore",
+    "Lamb",
+    "__version__",
+    "available_optimizers",
+    "create_optimizer",
+    "param_groups",
+]

@@ -1,0 +1,37 @@
+"""PyTorch optimizers built on the E adaptor (Zhao et al., NeurIPS 2025). Depends on torch only."""
+
+from ._functional import alto, eadam, esgd, explore
+from .alto import ALTO, Lamb
+from .eadam import EAdam, EAdamW
+from .esgd import ESGD
+from .explore import Explore
+from .groups import NORM_MODULES, param_groups
+from .registry import (
+    LARGE_BATCH,
+    OptimizerInfo,
+    available_optimizers,
+    create_optimizer,
+    explore_defaults,
+    optimizer_info,
+)
+
+__all__ = [
+    "ALTO",
+    "ESGD",
+    "LARGE_BATCH",
+    "NORM_MODULES",
+    "EAdam",
+    "EAdamW",
+    "Explore",
+    "Lamb",
+    "OptimizerInfo",
+    "alto",
+    "available_optimizers",
+    "create_optimizer",
+    "eadam",
+    "esgd",
+    "explore",
+    "explore_defaults",
+    "optimizer_info",
+    "param_groups",
+]

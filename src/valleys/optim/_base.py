@@ -1,0 +1,100 @@
+"""Bookkeeping shared by ALTO, Lamb, EAdam(W) and ESGD: closures, clipping, state, dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _functional as F
+from ._validation import check_lr, check_max_grad_norm, check_non_negative
+
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+def as_real(t: Tensor) -> Tensor:
+    """A real view of a complex tensor (real and imaginary parts as a last dim of 2)."""
+    return torch.view_as_real(t) if torch.is_complex(t) else t
+
+
+def zeros_state(p: Tensor) -> Tensor:
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def step_counter(p: Tensor) -> Tensor:
+    """A float32 step counter on the parameter's device, so that no step reads it on the host."""
+    return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
+class ValleyOptimizer(Optimizer):
+    """Base of the optimizers in this package.
+
+    ``step`` evaluates the closure once (with grad enabled), refuses sparse gradients before touching
+    anything, computes the global gradient-norm clip factor on the device, then hands each group to
+    ``_update_group``. Subclasses implement ``_validate_group`` and ``_update_group``.
+    """
+
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_lr(group["lr"])
+        check_non_negative("weight_decay", group["weight_decay"])
+        check_max_grad_norm(group["max_grad_norm"])
+        self._validate_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimisation step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called once, with grad enabled,
+                before any gradient is read.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        for grad in grads:
+            if grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients; "
+                    "use torch.optim.SparseAdam for sparse parameters"
+                )
+
+        clipping = any(g["max_grad_norm"] is not None for g in self.param_groups)
+        total_norm = F.global_grad_norm([as_real(g) for g in grads]) if clipping and grads else None
+
+        for group in self.param_groups:
+            max_norm = group["max_grad_norm"]
+            scale = None
+            if max_norm is not None and total_norm is not None:
+                scale = F.clip_coefficient(total_norm, max_norm)
+            self._update_group(group, scale)
+        return loss
+
+
+def resolve_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
+    """torch.optim's default: the foreach path on accelerators, the per-tensor loop on the CPU."""
+    if foreach is not None:
+        return foreach
+    return bool(params) and all(p.device.type != "cpu" for p in params)

@@ -1,0 +1,610 @@
+r"""The shared math of the E adaptor and the optimizers built on it.
+
+Every update is written twice with one signature: ``_single_tensor_*`` is a plain per-tensor loop,
+the readable ground truth, and ``_multi_tensor_*`` does the same work with ``torch._foreach_*``
+kernels (fewer, larger launches: the fast path on accelerators). The public functions ``alto``,
+``eadam``, ``esgd`` and ``explore`` pick one of the two. Tests hold the foreach path equal to the
+loop.
+
+The E transform (Zhao et al., "Exploring Landscapes for Better Minima along Valleys", NeurIPS 2025,
+eq. of Algorithm 2) replaces the gradient :math:`g_k` by
+
+.. math::
+    a_k = \beta_1 a_{k-1} + (1 - \beta_1)(g_k - g_{k-1}), \qquad \hat g_k = g_k + \alpha a_k,
+
+with :math:`a_0 = g_0 = 0`. Because :math:`a_k = (1 - \beta_1)(g_k - e_{k-1})`, where
+:math:`e_k = \beta_1 e_{k-1} + (1 - \beta_1) g_k` is the zero-initialised EMA of the raw gradients,
+
+.. math::
+    \hat g_k = g_k + \alpha (1 - \beta_1)(g_k - e_{k-1}),
+
+so E needs one state tensor (``e``), not the previous gradient and ``a``.
+
+No function here reads a tensor's value on the host: step counters, bias corrections, trust ratios
+and clip factors stay on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["alto", "clip_coefficient", "eadam", "esgd", "explore", "global_grad_norm"]
+
+Number = float | Tensor
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype for scalars derived from tensors of ``dtype``: float64 stays, anything else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _bias_correction(beta: float, step: Tensor, dtype: torch.dtype) -> Tensor:
+    """``1 - beta**step`` as a 0-d tensor on ``step``'s device."""
+    return 1 - torch.pow(beta, step.to(dtype))
+
+
+def _apply_lr_(param: Tensor, update: Tensor, lr: Number) -> None:
+    """``param -= lr * update``; ``update`` may be overwritten."""
+    if isinstance(lr, Tensor):
+        param.sub_(update.mul_(lr))
+    else:
+        param.add_(update, alpha=-lr)
+
+
+def _scaled(grad: Tensor, grad_scale: Tensor | None, maximize: bool) -> Tensor:
+    """The gradient the update uses: clipped by ``grad_scale`` and negated under ``maximize``.
+
+    Never modifies ``grad`` (the user's ``p.grad``)."""
+    if grad_scale is not None:
+        return grad * (-grad_scale if maximize else grad_scale)
+    return -grad if maximize else grad
+
+
+def _explore_single(grad: Tensor, ema: Tensor, alpha: float, beta: float) -> Tensor:
+    """Return :math:`\\hat g` as a new tensor and advance ``ema`` in place."""
+    diff = grad - ema
+    ema.add_(diff, alpha=1 - beta)
+    return diff.mul_(alpha * (1 - beta)).add_(grad)
+
+
+def _explore_multi(
+    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float
+) -> list[Tensor]:
+    diffs = torch._foreach_sub(grads, emas)
+    torch._foreach_add_(emas, diffs, alpha=1 - beta)
+    torch._foreach_mul_(diffs, alpha * (1 - beta))
+    torch._foreach_add_(diffs, grads)
+    return diffs
+
+
+def explore(
+    grads: list[Tensor],
+    emas: list[Tensor],
+    *,
+    alpha: float,
+    beta: float,
+    foreach: bool = False,
+) -> list[Tensor]:
+    r"""E's gradient transform: return :math:`\hat g_k` for each gradient, advance each EMA.
+
+    The gradients are left untouched; the EMAs move to :math:`e_k`.
+    """
+    if foreach:
+        return _explore_multi(grads, emas, alpha, beta)
+    return [_explore_single(g, e, alpha, beta) for g, e in zip(grads, emas, strict=True)]
+
+
+def global_grad_norm(grads: list[Tensor]) -> Tensor:
+    r"""The 2-norm of all gradients together, as a 0-d tensor on the first gradient's device.
+
+    Computed as ``torch.nn.utils.clip_grad_norm_`` does: per-tensor norms, then the norm of those.
+    """
+    device = grads[0].device
+    dtype = _opmath(grads[0].dtype)
+    buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for g in grads:
+        buckets.setdefault((g.device, g.dtype), []).append(g)
+    norms = [
+        torch.stack(torch._foreach_norm(bucket, 2, dtype=_opmath(dt))).to(device, dtype)
+        for (_, dt), bucket in buckets.items()
+    ]
+    return torch.linalg.vector_norm(torch.cat(norms))
+
+
+def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
+    r""":math:`\min(1, c / (\lVert g \rVert_2 + 10^{-6}))`, the factor of global-norm clipping.
+
+    The ``1e-6`` is ``torch.nn.utils.clip_grad_norm_``'s, so that the two clip identically.
+    """
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
+# --------------------------------------------------------------------------------------------- ALTO
+
+
+def _trust_ratio(param_norm: Tensor, update_norm: Tensor, eps2: float, eps3: float) -> Tensor:
+    r""":math:`\phi(\lVert\theta\rVert) / (\lVert r\rVert + \epsilon_2 \phi(\lVert\theta\rVert))`,
+    :math:`\phi(x) = x + \epsilon_3`."""
+    phi = param_norm + eps3
+    return phi / (update_norm + eps2 * phi)
+
+
+def _single_tensor_alto(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    eps2: float,
+    eps3: float,
+    bias_correction: bool,
+    trust_ratio: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for i, param in enumerate(params):
+        grad = _scaled(grads[i], grad_scale, maximize)
+        exp_avg, exp_avg_sq, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
+        if grad_emas is not None:
+            grad = _explore_single(grad, grad_emas[i], alpha, beta1)
+        step += 1
+
+        exp_avg.lerp_(grad, 1 - beta2)
+        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+
+        if bias_correction:
+            dtype = _opmath(param.dtype)
+            denom = (exp_avg_sq / _bias_correction(beta3, step, dtype)).sqrt_().add_(eps)
+            update = (exp_avg / _bias_correction(beta2, step, dtype)).div_(denom)
+        else:
+            update = exp_avg / exp_avg_sq.sqrt().add_(eps)
+        if weight_decay != 0:
+            update.add_(param, alpha=weight_decay)
+        if trust_ratio:
+            dtype = _opmath(param.dtype)
+            update.mul_(
+                _trust_ratio(
+                    torch.linalg.vector_norm(param, dtype=dtype),
+                    torch.linalg.vector_norm(update, dtype=dtype),
+                    eps2,
+                    eps3,
+                )
+            )
+        _apply_lr_(param, update, lr)
+
+
+def _multi_tensor_alto(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    eps2: float,
+    eps3: float,
+    bias_correction: bool,
+    trust_ratio: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for key, idx in _group_by_device_and_dtype(params).items():
+        p = [params[i] for i in idx]
+        m = [exp_avgs[i] for i in idx]
+        v = [exp_avg_sqs[i] for i in idx]
+        s = [steps[i] for i in idx]
+        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        if grad_emas is not None:
+            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1)
+        torch._foreach_add_(s, 1)
+
+        torch._foreach_lerp_(m, g, 1 - beta2)
+        torch._foreach_mul_(v, beta3)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+
+        dtype = _opmath(key[1])
+        if bias_correction:
+            steps_t = [x.to(dtype) for x in s]
+            bc2 = torch._foreach_pow(beta2, steps_t)
+            bc3 = torch._foreach_pow(beta3, steps_t)
+            for bc in (bc2, bc3):
+                torch._foreach_neg_(bc)
+                torch._foreach_add_(bc, 1)
+            denom = torch._foreach_div(v, bc3)
+            update = torch._foreach_div(m, bc2)
+        else:
+            denom = torch._foreach_mul(v, 1.0)
+            update = torch._foreach_mul(m, 1.0)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_div_(update, denom)
+        if weight_decay != 0:
+            torch._foreach_add_(update, p, alpha=weight_decay)
+        if trust_ratio:
+            ratios = _trust_ratio(
+                torch.stack(torch._foreach_norm(p, 2, dtype=dtype)),
+                torch.stack(torch._foreach_norm(update, 2, dtype=dtype)),
+                eps2,
+                eps3,
+            )
+            torch._foreach_mul_(update, ratios.unbind(0))
+        if isinstance(lr, Tensor):
+            torch._foreach_mul_(update, lr)
+            torch._foreach_sub_(p, update)
+        else:
+            torch._foreach_add_(p, update, alpha=-lr)
+
+
+def alto(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    eps2: float,
+    eps3: float,
+    bias_correction: bool,
+    trust_ratio: bool,
+    grad_scale: Tensor | None = None,
+    maximize: bool = False,
+    foreach: bool = False,
+) -> None:
+    r"""One ALTO step (Algorithm 2 of the paper) on a list of tensors, in place.
+
+    .. math::
+        u_k &= g_k + \alpha a_k \quad\text{(E; skipped when ``grad_emas`` is None: Lamb)} \\
+        m_k &= \beta_2 m_{k-1} + (1-\beta_2) u_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) u_k^2 \\
+        r_k &= \frac{m_k / (1-\beta_2^k)}{\sqrt{v_k / (1-\beta_3^k)} + \epsilon_1} + \lambda\theta_k \\
+        \theta_{k+1} &= \theta_k - \eta\, r_k\,
+            \frac{\phi(\lVert\theta_k\rVert)}{\lVert r_k\rVert + \epsilon_2\phi(\lVert\theta_k\rVert)},
+            \qquad \phi(x) = x + \epsilon_3
+
+    Without ``bias_correction`` (ALTO Vanilla, Algorithm 1) the divisions by :math:`1-\beta^k` are
+    dropped; without ``trust_ratio`` the last factor is 1. ``grad_scale`` multiplies the raw
+    gradients first (global-norm clipping); ``steps`` are per-tensor counters, advanced here.
+    """
+    kernel = _multi_tensor_alto if foreach else _single_tensor_alto
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        grad_emas,
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        eps2=eps2,
+        eps3=eps3,
+        bias_correction=bias_correction,
+        trust_ratio=trust_ratio,
+        grad_scale=grad_scale,
+        maximize=maximize,
+    )
+
+
+# -------------------------------------------------------------------------------------------- EAdam
+
+
+def _single_tensor_eadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for i, param in enumerate(params):
+        grad = _scaled(grads[i], grad_scale, maximize)
+        exp_avg, exp_avg_sq, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
+        step += 1
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        if grad_emas is not None:
+            grad = _explore_single(grad, grad_emas[i], alpha, beta1)
+
+        exp_avg.lerp_(grad, 1 - beta2)
+        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+
+        dtype = _opmath(param.dtype)
+        denom = (exp_avg_sq.sqrt() / _bias_correction(beta3, step, dtype).sqrt()).add_(eps)
+        update = (exp_avg / _bias_correction(beta2, step, dtype)).div_(denom)
+        _apply_lr_(param, update, lr)
+
+
+def _multi_tensor_eadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for key, idx in _group_by_device_and_dtype(params).items():
+        p = [params[i] for i in idx]
+        m = [exp_avgs[i] for i in idx]
+        v = [exp_avg_sqs[i] for i in idx]
+        s = [steps[i] for i in idx]
+        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        torch._foreach_add_(s, 1)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                torch._foreach_mul_(p, 1 - lr * weight_decay)
+            else:
+                g = torch._foreach_add(g, p, alpha=weight_decay)
+        if grad_emas is not None:
+            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1)
+
+        torch._foreach_lerp_(m, g, 1 - beta2)
+        torch._foreach_mul_(v, beta3)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+
+        steps_t = [x.to(_opmath(key[1])) for x in s]
+        bc2 = torch._foreach_pow(beta2, steps_t)
+        bc3 = torch._foreach_pow(beta3, steps_t)
+        for bc in (bc2, bc3):
+            torch._foreach_neg_(bc)
+            torch._foreach_add_(bc, 1)
+        torch._foreach_sqrt_(bc3)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, bc3)
+        torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(m, bc2)
+        torch._foreach_div_(update, denom)
+        if isinstance(lr, Tensor):
+            torch._foreach_mul_(update, lr)
+            torch._foreach_sub_(p, update)
+        else:
+            torch._foreach_add_(p, update, alpha=-lr)
+
+
+def eadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None = None,
+    maximize: bool = False,
+    foreach: bool = False,
+) -> None:
+    r"""One EAdam / EAdamW step (Algorithm 4 of the paper) on a list of tensors, in place.
+
+    .. math::
+        g_k &\leftarrow g_k + \lambda\theta_k \quad\text{(EAdam; EAdamW instead decays }
+            \theta_k \leftarrow (1-\eta\lambda)\theta_k\text{)} \\
+        u_k &= g_k + \alpha a_k \\
+        m_k &= \beta_2 m_{k-1} + (1-\beta_2) u_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) u_k^2 \\
+        \theta_{k+1} &= \theta_k - \eta\,\frac{m_k / (1-\beta_2^k)}{\sqrt{v_k/(1-\beta_3^k)} + \epsilon}
+
+    With ``grad_emas=None`` (or α = 0) this is exactly torch's Adam / AdamW.
+    """
+    kernel = _multi_tensor_eadam if foreach else _single_tensor_eadam
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        grad_emas,
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        grad_scale=grad_scale,
+        maximize=maximize,
+    )
+
+
+# --------------------------------------------------------------------------------------------- ESGD
+
+
+def _single_tensor_esgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    grad_emas: list[Tensor] | None,
+    *,
+    lr: Number,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    alpha: float,
+    beta: float,
+    weight_decay: float,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for i, param in enumerate(params):
+        grad = _scaled(grads[i], grad_scale, maximize)
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        if grad_emas is not None:
+            grad = _explore_single(grad, grad_emas[i], alpha, beta)
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            if buf is None:
+                buf = torch.clone(grad).detach()
+                momentum_buffers[i] = buf
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        if isinstance(lr, Tensor):
+            param.sub_(grad * lr)
+        else:
+            param.add_(grad, alpha=-lr)
+
+
+def _multi_tensor_esgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    grad_emas: list[Tensor] | None,
+    *,
+    lr: Number,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    alpha: float,
+    beta: float,
+    weight_decay: float,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    for _, idx in _group_by_device_and_dtype(params).items():
+        p = [params[i] for i in idx]
+        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        if weight_decay != 0:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
+        if grad_emas is not None:
+            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta)
+        if momentum != 0:
+            bufs: list[Tensor] = []
+            for j, i in enumerate(idx):
+                buf = momentum_buffers[i]
+                if buf is None:
+                    buf = torch.clone(g[j]).detach()
+                    momentum_buffers[i] = buf
+                else:
+                    buf.mul_(momentum).add_(g[j], alpha=1 - dampening)
+                bufs.append(buf)
+            g = torch._foreach_add(g, bufs, alpha=momentum) if nesterov else bufs
+        if isinstance(lr, Tensor):
+            torch._foreach_sub_(p, torch._foreach_mul(g, lr))
+        else:
+            torch._foreach_add_(p, g, alpha=-lr)
+
+
+def esgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    grad_emas: list[Tensor] | None,
+    *,
+    lr: Number,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    alpha: float,
+    beta: float,
+    weight_decay: float,
+    grad_scale: Tensor | None = None,
+    maximize: bool = False,
+    foreach: bool = False,
+) -> None:
+    r"""One ESGD step (Algorithm 3 of the paper, with torch SGD's options) in place.
+
+    .. math::
+        u_k &= (g_k + \lambda\theta_k) + \alpha a_k \\
+        m_k &= \mu\, m_{k-1} + (1 - \tau) u_k \quad (m_1 = u_1), \qquad
+        \theta_{k+1} = \theta_k - \eta\,(u_k + \mu m_k \text{ if Nesterov else } m_k)
+
+    The paper's ESGD has τ = 0 (no dampening). ``momentum_buffers`` entries that are None are
+    created here (the caller stores them back into the state).
+    """
+    kernel = _multi_tensor_esgd if foreach else _single_tensor_esgd
+    kernel(
+        params,
+        grads,
+        momentum_buffers,
+        grad_emas,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        alpha=alpha,
+        beta=beta,
+        weight_decay=weight_decay,
+        grad_scale=grad_scale,
+        maximize=maximize,
+    )
+
+
+# ---------------------------------------------------------------------------------------- utilities
+
+
+def _scaled_multi(grads: list[Tensor], grad_scale: Tensor | None, maximize: bool) -> list[Tensor]:
+    if grad_scale is not None:
+        return torch._foreach_mul(grads, -grad_scale if maximize else grad_scale)
+    if maximize:
+        return torch._foreach_neg(grads)
+    return grads
+
+
+def _group_by_device_and_dtype(
+    tensors: list[Tensor],
+) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``tensors`` bucketed by (device, dtype): foreach kernels need uniform lists."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.device, t.dtype), []).append(i)
+    return buckets

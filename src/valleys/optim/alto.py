@@ -1,0 +1,236 @@
+r"""ALTO (E + LAMB), ALTO Vanilla and Lamb: one kernel, three configurations.
+
+Zhao, Li, Zhou, Tan, Jia, "Exploring Landscapes for Better Minima along Valleys", NeurIPS 2025,
+Algorithms 1 (vanilla) and 2 (bias-corrected). ``Lamb`` is the same kernel with α = 0 and no E
+buffer, so that ALTO-vs-Lamb comparisons measure exactly the effect of E.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _functional as F
+from ._base import Params, ValleyOptimizer, as_real, resolve_foreach, step_counter, zeros_state
+from ._validation import check_alpha, check_betas, check_non_negative
+
+__all__ = ["ALTO", "Lamb"]
+
+_SHARED_DOC = r"""
+    Args:
+        params: parameters, or dicts defining parameter groups.
+        lr: learning rate :math:`\eta` (a float, or a 0-d tensor to change it without recompiling).
+        eps: :math:`\epsilon_1`, added to :math:`\sqrt{\hat v}`.
+        weight_decay: :math:`\lambda`, decoupled, added to :math:`r` before the trust ratio.
+        eps2: :math:`\epsilon_2` of the trust ratio's denominator.
+        eps3: :math:`\epsilon_3` in :math:`\phi(x) = x + \epsilon_3`.
+        bias_correction: divide the moments by :math:`1-\beta^k` (False: Algorithm 1).
+        trust_ratio: scale each tensor's update by the layer-wise trust ratio. The paper applies
+            it to every tensor; with :math:`\phi(x) = x + \epsilon_3` a zero tensor (a
+            zero-initialised bias) then practically never moves, which is why
+            :func:`valleys.optim.param_groups` switches it off for norms, biases and 1-D tensors.
+        max_grad_norm: clip the global gradient norm (over all the optimizer's gradients) to this
+            value before anything else, on the device; None turns clipping off. The reference code
+            always clips to 1.0, so the paper's numbers presumably ran with it.
+        maximize: maximise the objective instead of minimising it.
+        foreach: use the multi-tensor kernels; None picks them on accelerators and the per-tensor
+            loop on the CPU (where foreach is slower).
+
+    The per-group keys ``lr``, ``betas``, ``eps``, ``weight_decay``, ``eps2``, ``eps3``,
+    ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize`` and ``foreach`` may
+    differ between groups and are saved in ``state_dict``. State per parameter: ``step`` (a float32
+    0-d tensor on the parameter's device), ``exp_avg``, ``exp_avg_sq``"""
+
+
+class _LayerwiseAdaptive(ValleyOptimizer):
+    """The shared ALTO/Lamb machinery; subclasses say how a group maps to the kernel's β1 and α."""
+
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
+        """(β1, α) of E for ``group``; α = 0 means no E buffer and no transform."""
+        raise NotImplementedError
+
+    def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        for name in ("eps", "eps2", "eps3"):
+            check_non_negative(name, group[name])
+
+    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+        beta1, alpha = self._explore(group)
+        beta2, beta3 = self._moment_betas(group)
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        emas: list[Tensor] = []
+        steps: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = step_counter(p)
+                state["exp_avg"] = zeros_state(p)
+                state["exp_avg_sq"] = zeros_state(p)
+            if alpha != 0 and "grad_ema" not in state:
+                state["grad_ema"] = zeros_state(p)
+            params.append(as_real(p))
+            grads.append(as_real(p.grad))
+            exp_avgs.append(as_real(state["exp_avg"]))
+            exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
+            steps.append(state["step"])
+            if alpha != 0:
+                emas.append(as_real(state["grad_ema"]))
+        if not params:
+            return
+        F.alto(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            emas if alpha != 0 else None,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            alpha=alpha,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            eps2=group["eps2"],
+            eps3=group["eps3"],
+            bias_correction=group["bias_correction"],
+            trust_ratio=group["trust_ratio"],
+            grad_scale=grad_scale,
+            maximize=group["maximize"],
+            foreach=resolve_foreach(group["foreach"], params),
+        )
+
+
+class ALTO(_LayerwiseAdaptive):
+    r"""ALTO: the E adaptor inside LAMB (Algorithm 2 of Zhao et al., NeurIPS 2025).
+
+    .. math::
+        a_k &= \beta_1 a_{k-1} + (1-\beta_1)(g_k - g_{k-1}), \qquad u_k = g_k + \alpha a_k \\
+        m_k &= \beta_2 m_{k-1} + (1-\beta_2) u_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) u_k^2 \\
+        r_k &= \frac{m_k/(1-\beta_2^k)}{\sqrt{v_k/(1-\beta_3^k)} + \epsilon_1} + \lambda\theta_k \\
+        \theta_{k+1} &= \theta_k - \eta\, r_k\,
+            \frac{\phi(\lVert\theta_k\rVert)}{\lVert r_k\rVert + \epsilon_2\phi(\lVert\theta_k\rVert)}
+
+    E is kept as one buffer, the EMA :math:`e_k` of the raw gradients, using
+    :math:`a_k = (1-\beta_1)(g_k - e_{k-1})`. α < 0 explores (large batches), α > 0 exploits
+    (small batches); stability needs :math:`|\alpha| < 1/(1-\beta_1)`. The defaults are the paper's
+    large-batch ones; :func:`valleys.optim.create_optimizer` picks α, β1 from the batch size.
+
+    Args (besides the shared ones below):
+        betas: (β1, β2, β3): E's factor, the first and the second moment's.
+        alpha: E's α; 0 turns E off for a group (it then is Lamb).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float, float] = (0.99, 0.9, 0.99),
+        alpha: float = -5.0,
+        eps: float = 1e-6,
+        weight_decay: float = 1e-4,
+        *,
+        eps2: float = 1e-6,
+        eps3: float = 1e-10,
+        bias_correction: bool = True,
+        trust_ratio: bool = True,
+        max_grad_norm: float | None = 1.0,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            eps2=eps2,
+            eps3=eps3,
+            bias_correction=bias_correction,
+            trust_ratio=trust_ratio,
+            max_grad_norm=max_grad_norm,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        check_betas(group["betas"], ("beta1", "beta2", "beta3"))
+        check_alpha(group["alpha"], group["betas"][0], "beta1")
+
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
+        return group["betas"][0], group["alpha"]
+
+    def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:
+        return group["betas"][1], group["betas"][2]
+
+
+class Lamb(_LayerwiseAdaptive):
+    r"""LAMB (You et al., ICLR 2020) as ALTO with α = 0: the same kernel, without E's buffer.
+
+    .. math::
+        m_k &= \beta_2 m_{k-1} + (1-\beta_2) g_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) g_k^2 \\
+        r_k &= \frac{m_k/(1-\beta_2^k)}{\sqrt{v_k/(1-\beta_3^k)} + \epsilon_1} + \lambda\theta_k, \qquad
+        \theta_{k+1} = \theta_k - \eta\, r_k\,
+            \frac{\phi(\lVert\theta_k\rVert)}{\lVert r_k\rVert + \epsilon_2\phi(\lVert\theta_k\rVert)}
+
+    The defaults (betas (0.9, 0.99), eps 1e-6, clip 1.0, trust-ratio form) are ALTO's, so that a
+    comparison with ALTO differs in E alone; pass ``betas=(0.9, 0.999)`` for LAMB's usual ones.
+
+    Args (besides the shared ones below):
+        betas: (β2, β3), the first and the second moment's factors (paper naming).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-6,
+        weight_decay: float = 1e-4,
+        *,
+        eps2: float = 1e-6,
+        eps3: float = 1e-10,
+        bias_correction: bool = True,
+        trust_ratio: bool = True,
+        max_grad_norm: float | None = 1.0,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            eps2=eps2,
+            eps3=eps3,
+            bias_correction=bias_correction,
+            trust_ratio=trust_ratio,
+            max_grad_norm=max_grad_norm,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        check_betas(group["betas"], ("beta2", "beta3"))
+
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:
+        return group["betas"][0], group["betas"][1]
+
+
+ALTO.__doc__ = f"{ALTO.__doc__}{_SHARED_DOC}, and ``grad_ema`` (E's buffer) while α ≠ 0.\n"
+Lamb.__doc__ = f"{Lamb.__doc__}{_SHARED_DOC}.\n"

@@ -1,0 +1,156 @@
+r"""EAdam and EAdamW: Adam / AdamW run on E's transformed gradient (Algorithm 4 of the paper)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from . import _functional as F
+from ._base import Params, ValleyOptimizer, as_real, resolve_foreach, step_counter, zeros_state
+from ._validation import check_alpha, check_betas, check_non_negative
+
+__all__ = ["EAdam", "EAdamW"]
+
+
+class EAdam(ValleyOptimizer):
+    r"""Adam on E's gradient (Zhao et al., NeurIPS 2025, Algorithm 4).
+
+    .. math::
+        g_k &\leftarrow g_k + \lambda\theta_k \quad\text{(L2 penalty, before E)} \\
+        u_k &= g_k + \alpha a_k, \qquad a_k = \beta_1 a_{k-1} + (1-\beta_1)(g_k - g_{k-1}) \\
+        m_k &= \beta_2 m_{k-1} + (1-\beta_2) u_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) u_k^2 \\
+        \theta_{k+1} &= \theta_k - \eta\,\frac{m_k/(1-\beta_2^k)}{\sqrt{v_k/(1-\beta_3^k)} + \epsilon}
+
+    With α = 0 this is ``torch.optim.Adam`` (ε outside the root, the same bias corrections).
+
+    Args:
+        params: parameters, or dicts defining parameter groups.
+        lr: learning rate η (a float, or a 0-d tensor).
+        betas: (β1, β2, β3): E's factor, the first and the second moment's.
+        alpha: E's α; 0 turns E off for a group. Stability needs |α| < 1/(1 − β1).
+        eps: added to the root of the second moment.
+        weight_decay: λ, added to the gradient (EAdam) or decoupled (EAdamW).
+        max_grad_norm: clip the global gradient norm first, on the device; None: no clipping.
+        maximize: maximise the objective.
+        foreach: multi-tensor kernels; None picks them on accelerators, the loop on the CPU.
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and, while α ≠ 0, ``grad_ema``.
+    """
+
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float, float] = (0.99, 0.9, 0.999),
+        alpha: float = -5.0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        check_non_negative("eps", group["eps"])
+        check_betas(group["betas"], ("beta1", "beta2", "beta3"))
+        check_alpha(group["alpha"], group["betas"][0], "beta1")
+
+    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+        beta1, beta2, beta3 = group["betas"]
+        alpha = group["alpha"]
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        emas: list[Tensor] = []
+        steps: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = step_counter(p)
+                state["exp_avg"] = zeros_state(p)
+                state["exp_avg_sq"] = zeros_state(p)
+            if alpha != 0 and "grad_ema" not in state:
+                state["grad_ema"] = zeros_state(p)
+            params.append(as_real(p))
+            grads.append(as_real(p.grad))
+            exp_avgs.append(as_real(state["exp_avg"]))
+            exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
+            steps.append(state["step"])
+            if alpha != 0:
+                emas.append(as_real(state["grad_ema"]))
+        if not params:
+            return
+        F.eadam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            emas if alpha != 0 else None,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            alpha=alpha,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=self._decoupled,
+            grad_scale=grad_scale,
+            maximize=group["maximize"],
+            foreach=resolve_foreach(group["foreach"], params),
+        )
+
+
+class EAdamW(EAdam):
+    r"""AdamW on E's gradient: :class:`EAdam` with decoupled weight decay (Loshchilov & Hutter).
+
+    .. math::
+        \theta_k \leftarrow (1 - \eta\lambda)\theta_k, \text{ then the EAdam step without the L2 term.}
+
+    With α = 0 this is ``torch.optim.AdamW``. Defaults as EAdam's, with ``weight_decay=1e-2``.
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float, float] = (0.99, 0.9, 0.999),
+        alpha: float = -5.0,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        max_grad_norm: float | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            alpha,
+            eps,
+            weight_decay,
+            max_grad_norm=max_grad_norm,
+            maximize=maximize,
+            foreach=foreach,
+        )

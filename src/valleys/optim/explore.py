@@ -1,0 +1,247 @@
+r"""Explore: the E adaptor around any torch optimizer.
+
+Zhao et al., "Exploring Landscapes for Better Minima along Valleys", NeurIPS 2025. E replaces each
+gradient :math:`g_k` the base optimizer sees by
+
+.. math::
+    \hat g_k = g_k + \alpha a_k, \qquad a_k = \beta a_{k-1} + (1-\beta)(g_k - g_{k-1}),
+
+kept as one buffer per parameter, the EMA :math:`e_k` of the raw gradients:
+:math:`\hat g_k = g_k + \alpha(1-\beta)(g_k - e_{k-1})`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._base import as_real, resolve_foreach, zeros_state
+from ._validation import check_alpha, check_beta
+
+__all__ = ["Explore"]
+
+_PREFIX = "explore_"
+
+
+class Explore(Optimizer):
+    r"""Wrap a torch optimizer so that it steps on E's gradient :math:`\hat g` instead of :math:`g`.
+
+    .. math::
+        \hat g_k = g_k + \alpha a_k, \qquad a_k = \beta a_{k-1} + (1-\beta)(g_k - g_{k-1}),
+        \qquad a_0 = g_0 = 0
+
+    Works with any ``torch.optim.Optimizer`` instance (SGD, Adam, AdamW with ``foreach`` or
+    ``fused``, Adagrad, RMSprop, Adafactor, third-party ones). It shares the base optimizer's
+    ``param_groups``: α and β are the per-group keys ``explore_alpha`` and ``explore_beta``
+    (namespaced because RMSprop and ASGD already own an ``alpha``; saved, schedulable; α = 0
+    switches E off for a group), and an LR scheduler may be attached to either object.
+
+    A step evaluates the closure once (grad enabled), writes :math:`\hat g` into each ``p.grad``
+    *in place* (so DDP's ``gradient_as_bucket_view`` buffers stay intact), runs the base step, then
+    restores the raw gradient in ``p.grad`` and advances E's buffer. If the base step raises, the
+    gradients are restored and E's state is unchanged. Under ``torch.amp.GradScaler`` the scaler
+    unscales the shared ``param_groups`` before the step and skips ``step()`` entirely on inf/NaN,
+    so E sees unscaled gradients and does not advance on skipped steps.
+
+    ``state`` holds E's buffers (``grad_ema``); the base optimizer's state is
+    ``explore.optimizer.state``. ``state_dict()`` is the base optimizer's, with E's buffer added to
+    each parameter's entry as ``explore_grad_ema``, so checkpoint tools that expect the usual
+    ``{"state", "param_groups"}`` layout keep working.
+
+    Args:
+        optimizer: the base optimizer instance.
+        alpha: E's α (< 0 explores, > 0 exploits). Stability needs |α| < 1/(1 − β).
+        beta: E's β (β1 in the paper).
+        foreach: compute E with multi-tensor kernels; None picks them on accelerators.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        alpha: float = -5.0,
+        beta: float = 0.99,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"Explore wraps a torch.optim.Optimizer instance, got {type(optimizer).__name__}"
+            )
+        if isinstance(optimizer, Explore):
+            raise TypeError("Explore cannot wrap another Explore: E would be applied twice")
+        self.optimizer = optimizer
+        self.foreach = foreach
+        super().__init__(optimizer.param_groups, dict(explore_alpha=alpha, explore_beta=beta))
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The base optimizer's groups, by reference: they survive its ``load_state_dict``."""
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        # torch.optim.Optimizer.__init__ assigns an empty list before adding the groups; the groups
+        # themselves always live in the base optimizer.
+        if value:
+            raise AttributeError("Explore.param_groups are the base optimizer's; change those")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not any(param_group is g for g in self.optimizer.param_groups):
+            self.optimizer.add_param_group(param_group)
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        check_beta("beta", param_group["explore_beta"])
+        check_alpha(param_group["explore_alpha"], param_group["explore_beta"], "beta")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "defaults": self.defaults,
+            "state": self.state,
+            "optimizer": self.optimizer,
+            "foreach": self.foreach,
+        }
+
+    def __repr__(self) -> str:
+        alpha, beta = self.defaults["explore_alpha"], self.defaults["explore_beta"]
+        return f"Explore(alpha={alpha}, beta={beta}, {self.optimizer!r})"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Evaluate the closure, apply E to the gradients, step the base optimizer, restore them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        grads: list[Tensor] = []
+        raw: list[Tensor] = []
+        emas: list[Tensor] = []
+        betas: list[float] = []
+        for group in self.param_groups:
+            alpha, beta = group["explore_alpha"], group["explore_beta"]
+            if alpha == 0:
+                continue
+            group_grads, group_emas = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "Explore does not support sparse gradients (E keeps a dense buffer)"
+                    )
+                state = self.state[p]
+                if "grad_ema" not in state:
+                    state["grad_ema"] = zeros_state(p)
+                group_grads.append(as_real(p.grad))
+                group_emas.append(as_real(state["grad_ema"]))
+            if not group_grads:
+                continue
+            saved = _transform_(group_grads, group_emas, alpha, beta, self._foreach(group_grads))
+            grads += group_grads
+            raw += saved
+            emas += group_emas
+            betas += [beta] * len(group_grads)
+
+        try:
+            self.optimizer.step()
+        finally:
+            _restore_(grads, raw, self._foreach(grads))
+        _advance_(emas, raw, betas, self._foreach(emas))
+        return loss
+
+    def _foreach(self, tensors: list[Tensor]) -> bool:
+        return resolve_foreach(self.foreach, tensors)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict with E's buffers added as ``explore_<key>`` entries."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = self.optimizer.state_dict()
+        index = {id(p): i for i, p in enumerate(self._params())}
+        for p, entries in self.state.items():
+            per_param = state_dict["state"].setdefault(index[id(p)], {})
+            per_param.update({_PREFIX + k: v for k, v in entries.items()})
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load the base optimizer's state and E's buffers from :meth:`state_dict`'s layout."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        base_state: dict[Any, dict[str, Any]] = {}
+        own_state: dict[Any, dict[str, Any]] = {}
+        for key, entries in state_dict["state"].items():
+            base_state[key] = {k: v for k, v in entries.items() if not k.startswith(_PREFIX)}
+            own = {k[len(_PREFIX) :]: v for k, v in entries.items() if k.startswith(_PREFIX)}
+            if own:
+                own_state[key] = own
+        self.optimizer.load_state_dict({**state_dict, "state": base_state})
+
+        params = self._params()
+        self.state = defaultdict(dict)
+        for key, entries in own_state.items():
+            p = params[int(key)]
+            self.state[p] = {
+                k: v.to(device=p.device, dtype=p.dtype) if torch.is_tensor(v) else v
+                for k, v in entries.items()
+            }
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _params(self) -> list[Tensor]:
+        return list(chain.from_iterable(g["params"] for g in self.param_groups))
+
+
+def _transform_(
+    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float, foreach: bool
+) -> list[Tensor]:
+    r"""Overwrite each gradient with :math:`g + \alpha(1-\beta)(g - e)`; return copies of the raw ones.
+
+    The EMAs are not advanced here, so that a failing base step leaves E's state as it was.
+    """
+    coefficient = alpha * (1 - beta)
+    if foreach:
+        raw = torch._foreach_mul(grads, 1.0)
+        torch._foreach_sub_(grads, emas)
+        torch._foreach_mul_(grads, coefficient)
+        torch._foreach_add_(grads, raw)
+        return raw
+    raw = []
+    for g, e in zip(grads, emas, strict=True):
+        raw.append(g.clone())
+        g.sub_(e).mul_(coefficient).add_(raw[-1])
+    return raw
+
+
+def _restore_(grads: list[Tensor], raw: list[Tensor], foreach: bool) -> None:
+    if foreach and grads:
+        torch._foreach_copy_(grads, raw)
+    else:
+        for g, r in zip(grads, raw, strict=True):
+            g.copy_(r)
+
+
+def _advance_(emas: list[Tensor], raw: list[Tensor], betas: list[float], foreach: bool) -> None:
+    """:math:`e_k = \\beta e_{k-1} + (1-\\beta) g_k`."""
+    if foreach and len(set(betas)) == 1:
+        torch._foreach_lerp_(emas, raw, 1 - betas[0])
+        return
+    for e, g, beta in zip(emas, raw, betas, strict=True):
+        e.lerp_(g, 1 - beta)
