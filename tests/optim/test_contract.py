@@ -256,7 +256,7 @@ def test_complex_params_match_their_real_view(case: Case) -> None:
     z = torch.randn(4, 3, generator=gen, dtype=torch.complex128).requires_grad_()
     r = torch.view_as_real(z.detach()).clone().requires_grad_()
     opt_z, opt_r = case.make([z]), case.make([r])
-    for step in range(6):
+    for _ in range(6):
         g = torch.randn(4, 3, generator=gen, dtype=torch.complex128)
         z.grad = g.clone()
         r.grad = torch.view_as_real(g).clone()
