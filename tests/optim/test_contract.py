@@ -81,7 +81,9 @@ def test_state_holds_exactly_the_documented_buffers(case: Case) -> None:
     opt = case.make(params)
     _run(opt, params, range(3))
     for p in params:
-        full_size = {k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
+        full_size = {
+            k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape
+        }
         assert full_size == case.state_keys
     if isinstance(opt, Explore):
         assert "explore_grad_ema" in opt.state_dict()["state"][0]
@@ -262,7 +264,9 @@ def test_complex_params_match_their_real_view(case: Case) -> None:
         r.grad = torch.view_as_real(g).clone()
         opt_z.step()
         opt_r.step()
-        torch.testing.assert_close(torch.view_as_real(z.detach()), r.detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            torch.view_as_real(z.detach()), r.detach(), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_step_hooks_run_once_per_step(case: Case) -> None:
