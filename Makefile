@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine (both idempotent):
+#   make compare   install what is needed, then run the main job (valleys compare)
+#   make test      install what is needed, then lint and run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.valleys-installed
+# A CPU wheel of this torch lies on the project's machines; elsewhere pip fetches it. Users with
+# their own (CUDA) torch keep it: the package only asks for torch>=2.4.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup compare test lint
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_data.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[test]"
+	PYTHON=$(PY) bash scripts/install_data.sh
+	touch $@
+
+compare: setup
+	$(VENV)/bin/valleys compare
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -n 2
