@@ -47,7 +47,8 @@ class RefWrapped:
 class Case:
     id: str
     make: Callable[..., Optimizer]
-    """``make(params, **overrides)``; overrides: foreach, lr, weight_decay, maximize, max_grad_norm."""
+    """``make(params, **overrides)``; overrides: foreach, fused (where ``fuses``), lr, weight_decay,
+    maximize, max_grad_norm."""
     reference: Callable[[], Reference] | None
     lr: float
     """A learning rate at which a small least-squares problem converges."""
@@ -56,6 +57,8 @@ class Case:
     """The full-size state tensors per parameter."""
     clips: bool = True
     """Whether ``max_grad_norm`` is an argument (Explore leaves clipping to the user)."""
+    fuses: bool = False
+    """Whether ``fused=True`` is an argument (the compiled path of ALTO, Lamb, EAdam(W), ESGD)."""
 
     def __str__(self) -> str:
         return self.id
@@ -95,6 +98,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=True,
         state_keys=ALTO_STATE,
+        fuses=True,
     ),
     Case(
         "alto_small_batch",
@@ -103,6 +107,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=True,
         state_keys=ALTO_STATE,
+        fuses=True,
     ),
     Case(
         "alto_vanilla_no_trust",
@@ -111,6 +116,7 @@ CASES: list[Case] = [
         lr=0.005,
         explores=True,
         state_keys=ALTO_STATE,
+        fuses=True,
     ),
     Case(
         "lamb",
@@ -119,6 +125,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=False,
         state_keys=ADAM_STATE,
+        fuses=True,
     ),
     Case(
         "eadam",
@@ -127,6 +134,7 @@ CASES: list[Case] = [
         lr=0.01,
         explores=True,
         state_keys=ALTO_STATE,
+        fuses=True,
     ),
     Case(
         "eadamw",
@@ -137,6 +145,7 @@ CASES: list[Case] = [
         lr=0.01,
         explores=True,
         state_keys=ALTO_STATE,
+        fuses=True,
     ),
     Case(
         "esgd",
@@ -145,6 +154,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=True,
         state_keys=frozenset({"momentum_buffer", "grad_ema"}),
+        fuses=True,
     ),
     Case(
         "esgd_nesterov",
@@ -153,6 +163,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=True,
         state_keys=frozenset({"momentum_buffer", "grad_ema"}),
+        fuses=True,
     ),
     Case(
         "esgd_dampening_no_momentum_buffer",
@@ -161,6 +172,7 @@ CASES: list[Case] = [
         lr=0.02,
         explores=True,
         state_keys=frozenset({"grad_ema"}),
+        fuses=True,
     ),
     Case(
         # torch SGD adds its L2 term after E (ESGD before), so the oracle drops weight decay.

@@ -30,14 +30,17 @@ def test_matches_paper_equations(case: Case, foreach: bool) -> None:
             torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12, msg=f"step {step}")
 
 
+@pytest.mark.parametrize("path", ["foreach", "fused"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_foreach_equals_loop_params_and_state(case: Case) -> None:
-    if "fused" in case.id:
+def test_fast_path_equals_loop_params_and_state(case: Case, path: str) -> None:
+    if path == "foreach" and "fused" in case.id:
         pytest.skip("fused base optimizer has no foreach variant")
+    if path == "fused" and not case.fuses:
+        pytest.skip("no fused path")
     loop_params = make_params()
     fast_params = clone_params(loop_params)
     loop = case.make(loop_params, foreach=False)
-    fast = case.make(fast_params, foreach=True)
+    fast = case.make(fast_params, **{path: True})
     for step in range(12):
         grads = random_grads(loop_params, step)
         set_grads(loop_params, grads)

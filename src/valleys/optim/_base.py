@@ -46,6 +46,8 @@ class ValleyOptimizer(Optimizer):
         check_lr(group["lr"])
         check_non_negative("weight_decay", group["weight_decay"])
         check_max_grad_norm(group["max_grad_norm"])
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError("fused=True and foreach=True cannot be used together; pick one path")
         self._validate_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -98,3 +100,15 @@ def resolve_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
     if foreach is not None:
         return foreach
     return bool(params) and all(p.device.type != "cpu" for p in params)
+
+
+def resolve_paths(group: dict[str, Any], params: list[Tensor]) -> tuple[bool, bool]:
+    """``(foreach, fused)`` for a group: ``fused=True`` wins; otherwise :func:`resolve_foreach`.
+
+    ``fused=None`` is treated as False: the compiled kernels cost a compile on first use, which
+    the per-tensor loop (the CPU default) does not. ``get`` keeps checkpoints from before the
+    ``fused`` key loadable.
+    """
+    if group.get("fused"):
+        return False, True
+    return resolve_foreach(group["foreach"], params), False

@@ -1,10 +1,11 @@
 r"""The shared math of the E adaptor and the optimizers built on it.
 
-Every update is written twice with one signature: ``_single_tensor_*`` is a plain per-tensor loop,
-the readable ground truth, and ``_multi_tensor_*`` does the same work with ``torch._foreach_*``
-kernels (fewer, larger launches: the fast path on accelerators). The public functions ``alto``,
-``eadam``, ``esgd`` and ``explore`` pick one of the two. Tests hold the foreach path equal to the
-loop.
+Every update is written with one signature per path: ``_single_tensor_*`` is a plain per-tensor
+loop, the readable ground truth, and ``_multi_tensor_*`` does the same work with
+``torch._foreach_*`` kernels (fewer, larger launches: the fast path on accelerators). ALTO/Lamb,
+EAdam(W) and ESGD also have ``_fused_*`` kernels in ``_fused.py`` (``torch.compile``\ d, one fused loop per
+tensor: the fast path on the CPU). The public functions ``alto``, ``eadam``, ``esgd`` and
+``explore`` pick one. Tests hold every faster path equal to the loop.
 
 The E transform (Zhao et al., "Exploring Landscapes for Better Minima along Valleys", NeurIPS 2025,
 eq. of Algorithm 2) replaces the gradient :math:`g_k` by
@@ -25,6 +26,8 @@ and clip factors stay on the device.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -274,6 +277,7 @@ def alto(
     grad_scale: Tensor | None = None,
     maximize: bool = False,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
     r"""One ALTO step (Algorithm 2 of the paper) on a list of tensors, in place.
 
@@ -288,8 +292,9 @@ def alto(
     Without ``bias_correction`` (ALTO Vanilla, Algorithm 1) the divisions by :math:`1-\beta^k` are
     dropped; without ``trust_ratio`` the last factor is 1. ``grad_scale`` multiplies the raw
     gradients first (global-norm clipping); ``steps`` are per-tensor counters, advanced here.
+    ``foreach`` and ``fused`` pick the multi-tensor or the compiled kernels (at most one of them).
     """
-    kernel = _multi_tensor_alto if foreach else _single_tensor_alto
+    kernel = _pick_kernel("alto", foreach, fused)
     kernel(
         params,
         grads,
@@ -432,6 +437,7 @@ def eadam(
     grad_scale: Tensor | None = None,
     maximize: bool = False,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
     r"""One EAdam / EAdamW step (Algorithm 4 of the paper) on a list of tensors, in place.
 
@@ -442,9 +448,10 @@ def eadam(
         m_k &= \beta_2 m_{k-1} + (1-\beta_2) u_k, \qquad v_k = \beta_3 v_{k-1} + (1-\beta_3) u_k^2 \\
         \theta_{k+1} &= \theta_k - \eta\,\frac{m_k / (1-\beta_2^k)}{\sqrt{v_k/(1-\beta_3^k)} + \epsilon}
 
-    With ``grad_emas=None`` (or α = 0) this is exactly torch's Adam / AdamW.
+    With ``grad_emas=None`` (or α = 0) this is exactly torch's Adam / AdamW. ``foreach`` and
+    ``fused`` pick the multi-tensor or the compiled kernels (at most one of them).
     """
-    kernel = _multi_tensor_eadam if foreach else _single_tensor_eadam
+    kernel = _pick_kernel("eadam", foreach, fused)
     kernel(
         params,
         grads,
@@ -560,6 +567,7 @@ def esgd(
     grad_scale: Tensor | None = None,
     maximize: bool = False,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
     r"""One ESGD step (Algorithm 3 of the paper, with torch SGD's options) in place.
 
@@ -569,9 +577,10 @@ def esgd(
         \theta_{k+1} = \theta_k - \eta\,(u_k + \mu m_k \text{ if Nesterov else } m_k)
 
     The paper's ESGD has τ = 0 (no dampening). ``momentum_buffers`` entries that are None are
-    created here (the caller stores them back into the state).
+    created here (the caller stores them back into the state). ``foreach`` and ``fused`` pick the
+    multi-tensor or the compiled kernels (at most one of them).
     """
-    kernel = _multi_tensor_esgd if foreach else _single_tensor_esgd
+    kernel = _pick_kernel("esgd", foreach, fused)
     kernel(
         params,
         grads,
@@ -590,6 +599,28 @@ def esgd(
 
 
 # ---------------------------------------------------------------------------------------- utilities
+
+
+def _pick_kernel(name: str, foreach: bool, fused: bool) -> Callable[..., None]:
+    """The per-tensor loop, the foreach or the fused kernel of ``alto``, ``eadam`` or ``esgd``."""
+    if foreach and fused:
+        raise ValueError("foreach and fused cannot both be True; pick one path")
+    if fused:
+        # Imported here, not at the top: _fused builds on this module's helpers.
+        from ._fused import _fused_alto, _fused_eadam, _fused_esgd
+
+        return {"alto": _fused_alto, "eadam": _fused_eadam, "esgd": _fused_esgd}[name]
+    if foreach:
+        return {
+            "alto": _multi_tensor_alto,
+            "eadam": _multi_tensor_eadam,
+            "esgd": _multi_tensor_esgd,
+        }[name]
+    return {
+        "alto": _single_tensor_alto,
+        "eadam": _single_tensor_eadam,
+        "esgd": _single_tensor_esgd,
+    }[name]
 
 
 def _scaled_multi(grads: list[Tensor], grad_scale: Tensor | None, maximize: bool) -> list[Tensor]:

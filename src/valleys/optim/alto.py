@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_foreach, step_counter, zeros_state
+from ._base import Params, ValleyOptimizer, as_real, resolve_paths, step_counter, zeros_state
 from ._validation import check_alpha, check_betas, check_non_negative
 
 __all__ = ["ALTO", "Lamb"]
@@ -36,11 +36,14 @@ _SHARED_DOC = r"""
         maximize: maximise the objective instead of minimising it.
         foreach: use the multi-tensor kernels; None picks them on accelerators and the per-tensor
             loop on the CPU (where foreach is slower).
+        fused: use one ``torch.compile``\ d kernel per tensor (compiled on first use, once per
+            group configuration; the fastest path on the CPU); exclusive with ``foreach=True``.
+            None means False.
 
     The per-group keys ``lr``, ``betas``, ``eps``, ``weight_decay``, ``eps2``, ``eps3``,
-    ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize`` and ``foreach`` may
-    differ between groups and are saved in ``state_dict``. State per parameter: ``step`` (a float32
-    0-d tensor on the parameter's device), ``exp_avg``, ``exp_avg_sq``"""
+    ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize``, ``foreach`` and
+    ``fused`` may differ between groups and are saved in ``state_dict``. State per parameter:
+    ``step`` (a float32 0-d tensor on the parameter's device), ``exp_avg``, ``exp_avg_sq``"""
 
 
 class _LayerwiseAdaptive(ValleyOptimizer):
@@ -85,6 +88,7 @@ class _LayerwiseAdaptive(ValleyOptimizer):
                 emas.append(as_real(state["grad_ema"]))
         if not params:
             return
+        foreach, fused = resolve_paths(group, params)
         F.alto(
             params,
             grads,
@@ -105,7 +109,8 @@ class _LayerwiseAdaptive(ValleyOptimizer):
             trust_ratio=group["trust_ratio"],
             grad_scale=grad_scale,
             maximize=group["maximize"],
-            foreach=resolve_foreach(group["foreach"], params),
+            foreach=foreach,
+            fused=fused,
         )
 
 
@@ -145,6 +150,7 @@ class ALTO(_LayerwiseAdaptive):
         max_grad_norm: float | None = 1.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -159,6 +165,7 @@ class ALTO(_LayerwiseAdaptive):
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -205,6 +212,7 @@ class Lamb(_LayerwiseAdaptive):
         max_grad_norm: float | None = 1.0,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -218,6 +226,7 @@ class Lamb(_LayerwiseAdaptive):
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 

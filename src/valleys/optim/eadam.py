@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_foreach, step_counter, zeros_state
+from ._base import Params, ValleyOptimizer, as_real, resolve_paths, step_counter, zeros_state
 from ._validation import check_alpha, check_betas, check_non_negative
 
 __all__ = ["EAdam", "EAdamW"]
@@ -34,6 +34,8 @@ class EAdam(ValleyOptimizer):
         max_grad_norm: clip the global gradient norm first, on the device; None: no clipping.
         maximize: maximise the objective.
         foreach: multi-tensor kernels; None picks them on accelerators, the loop on the CPU.
+        fused: one ``torch.compile``\ d kernel per tensor (compiled on first use; the fastest path
+            on the CPU); exclusive with ``foreach=True``. None means False.
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and, while α ≠ 0, ``grad_ema``.
     """
@@ -52,6 +54,7 @@ class EAdam(ValleyOptimizer):
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -62,6 +65,7 @@ class EAdam(ValleyOptimizer):
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -98,6 +102,7 @@ class EAdam(ValleyOptimizer):
                 emas.append(as_real(state["grad_ema"]))
         if not params:
             return
+        foreach, fused = resolve_paths(group, params)
         F.eadam(
             params,
             grads,
@@ -115,7 +120,8 @@ class EAdam(ValleyOptimizer):
             decoupled_weight_decay=self._decoupled,
             grad_scale=grad_scale,
             maximize=group["maximize"],
-            foreach=resolve_foreach(group["foreach"], params),
+            foreach=foreach,
+            fused=fused,
         )
 
 
@@ -142,6 +148,7 @@ class EAdamW(EAdam):
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -153,4 +160,5 @@ class EAdamW(EAdam):
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_foreach, zeros_state
+from ._base import Params, ValleyOptimizer, as_real, resolve_paths, zeros_state
 from ._validation import check_alpha, check_beta
 
 __all__ = ["ESGD"]
@@ -38,6 +38,8 @@ class ESGD(ValleyOptimizer):
         max_grad_norm: clip the global gradient norm first, on the device; None: no clipping.
         maximize: maximise the objective.
         foreach: multi-tensor kernels; None picks them on accelerators, the loop on the CPU.
+        fused: one ``torch.compile``\ d kernel per tensor (compiled on first use; the fastest path
+            on the CPU); exclusive with ``foreach=True``. None means False.
 
     State per parameter: ``momentum_buffer`` while μ ≠ 0, ``grad_ema`` while α ≠ 0.
     """
@@ -56,6 +58,7 @@ class ESGD(ValleyOptimizer):
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -68,6 +71,7 @@ class ESGD(ValleyOptimizer):
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -105,6 +109,7 @@ class ESGD(ValleyOptimizer):
                 emas.append(as_real(state["grad_ema"]))
         if not params:
             return
+        foreach, fused = resolve_paths(group, params)
         F.esgd(
             params,
             grads,
@@ -119,7 +124,8 @@ class ESGD(ValleyOptimizer):
             weight_decay=group["weight_decay"],
             grad_scale=grad_scale,
             maximize=group["maximize"],
-            foreach=resolve_foreach(group["foreach"], params),
+            foreach=foreach,
+            fused=fused,
         )
         if momentum != 0:
             for state, complex_param, buf in zip(owners, is_complex, buffers, strict=True):

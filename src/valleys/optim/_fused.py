@@ -1,0 +1,529 @@
+r"""The fused path: ALTO/Lamb, EAdam(W) and ESGD steps as one ``torch.compile``\ d kernel per tensor.
+
+Each step is memory-bound, so what matters is how often each buffer crosses the memory bus. The
+per-tensor loop and the foreach path run one kernel per operation and re-read ``p``, ``g``, ``m``,
+``v`` and E's buffer many times; here Inductor fuses a tensor's whole update into one loop over
+its elements. With the trust ratio, that loop also accumulates the two norms and writes the update;
+a second loop scales it and writes the parameter: about 48 bytes of traffic per fp32 parameter for
+ALTO, against 28 for a fused AdamW.
+
+Compilation is kept out of the hot path:
+
+- tensors are passed flattened to 1-D and compiled with ``dynamic=True``, so every size shares one
+  graph (sizes 0 and 1 get their own);
+- ``lr`` and the bias corrections are 0-d tensor inputs, so LR schedulers and the step counter
+  never recompile; the other hyperparameters are compile-time constants;
+- each static configuration gets its own compiled function (see :func:`_kernel`), so a model with
+  several parameter groups does not run into Dynamo's per-function recompile limit;
+- nothing is compiled at import time, only on the first step that needs a configuration.
+
+The bias corrections :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}` are computed for a
+whole group at once outside the kernels: inside, Inductor would recompute the ``pow`` for every
+vector of elements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._functional import (
+    Number,
+    _explore_single,
+    _group_by_device_and_dtype,
+    _opmath,
+    _scaled,
+    _trust_ratio,
+)
+
+_KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+LARGE_BYTES = 32 << 20
+"""Tensors from this size up run ALTO without a temporary of their size (see :func:`_fused_alto`).
+glibc serves allocations of 32 MiB and more (its largest mmap threshold on 64-bit) straight from
+the OS and returns them on free, so such a temporary costs page faults on every step; smaller
+ones reuse heap memory."""
+
+CHUNK = 1 << 18
+"""Elements per chunk of a large tensor: five buffers of this many fp32 values (5 MiB) stay in
+the cache between the two loops Inductor makes of a chunk."""
+
+
+def _kernel(
+    factory: Callable[..., Callable[..., Any]], config: tuple[Any, ...], tensors: tuple[Any, ...]
+) -> Callable[..., Any]:
+    """The compiled per-tensor kernel ``factory(*config)`` for tensors of one (device type, dtype),
+    created on first use and kept.
+
+    The hyperparameters are closure constants, not arguments, and are compiled in as constants
+    (see :func:`_constant_floats`). Dynamo caches compiled graphs on the *code object* and stops
+    compiling (falling back to eager) after a few recompiles per code object, so each
+    configuration gets a fresh copy of the kernel's code and with it its own cache. Inductor's
+    size asserts are off: they cost more per call than the arguments' checks they repeat. When an
+    enclosing ``torch.compile`` is tracing the optimizer step, the kernel is returned uncompiled:
+    the outer compile fuses it.
+    """
+    if torch.compiler.is_compiling():
+        return factory(*config)
+    key = (factory.__name__, *config, *tensors)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        fn = factory(*config)
+        name = f"{fn.__name__}_{len(_KERNELS)}"
+        code = fn.__code__.replace(co_name=name)
+        copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+        kernel = torch.compile(copy, dynamic=True, fullgraph=True, options={"size_asserts": False})
+        _KERNELS[key] = kernel
+    return kernel
+
+
+def _constant_floats() -> AbstractContextManager[Any]:
+    """A context in which Dynamo compiles Python floats as constants.
+
+    Newer torch versions default to ``specialize_float=False``, which turns every float the kernel
+    reads (here: its hyperparameters) into a tensor created on each call, a cost of about 2 µs per
+    float per tensor per step. Entered once per group and step, not per tensor; not entered while
+    an enclosing ``torch.compile`` traces the step.
+    """
+    if torch.compiler.is_compiling() or getattr(torch._dynamo.config, "specialize_float", True):
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(specialize_float=True)
+
+
+def _flat(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """1-D views of one parameter's tensors (one graph for every shape) when all of them are
+    contiguous; otherwise the tensors as they are (e.g. a transposed parameter with a contiguous
+    gradient), so that their shapes still match."""
+    if all(t is None or t.is_contiguous() for t in tensors):
+        return tuple(None if t is None else t.view(-1) for t in tensors)
+    return tensors
+
+
+def _scalar_tensor(value: Number, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` as a 0-d tensor on ``device``: a fill for a float (no host-to-device copy)."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.full((), value, dtype=dtype, device=device)
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _bias_scales(
+    beta2: float, beta3: float, steps: list[Tensor], dtype: torch.dtype
+) -> tuple[list[Tensor], list[Tensor]]:
+    r"""Per tensor, :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}` as 0-d tensors."""
+    k = torch.stack(steps).to(dtype)
+    m_scales = torch.reciprocal(1 - torch.pow(beta2, k))
+    v_scales = torch.rsqrt(1 - torch.pow(beta3, k))
+    return list(m_scales.unbind(0)), list(v_scales.unbind(0))
+
+
+# --------------------------------------------------------------------------------------------- ALTO
+
+
+def _alto_update(
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    m_scale: Tensor | None,
+    v_scale: Tensor | None,
+    eps: float,
+    weight_decay: float,
+) -> Tensor:
+    r""":math:`r = \hat m / (\sqrt{\hat v} + \epsilon_1) + \lambda\theta`; no bias correction when
+    the scales are None."""
+    if m_scale is not None and v_scale is not None:
+        update = exp_avg * m_scale / (exp_avg_sq.sqrt() * v_scale + eps)
+    else:
+        update = exp_avg / (exp_avg_sq.sqrt() + eps)
+    if weight_decay != 0:
+        update = update + weight_decay * param
+    return update
+
+
+def _alto_moments(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad_ema: Tensor | None,
+    grad_scale: Tensor | None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    maximize: bool,
+) -> None:
+    """Clip, E, and the two moments, in place."""
+    grad = _scaled(grad, grad_scale, maximize)
+    if grad_ema is not None:
+        grad = _explore_single(grad, grad_ema, alpha, beta1)
+    exp_avg.lerp_(grad, 1 - beta2)
+    exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+
+
+def _alto_kernel(
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    eps2: float,
+    eps3: float,
+    trust_ratio: bool,
+    maximize: bool,
+) -> Callable[..., None]:
+    """One tensor's ALTO step for fixed hyperparameters: the math of ``_single_tensor_alto`` with
+    the bias corrections passed in as multipliers (None: no bias correction)."""
+
+    def alto_tensor(
+        param: Tensor,
+        grad: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        grad_ema: Tensor | None,
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        m_scale: Tensor | None,
+        v_scale: Tensor | None,
+    ) -> None:
+        _alto_moments(
+            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
+            maximize,
+        )  # fmt: skip
+        update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
+        if trust_ratio:
+            dtype = _opmath(param.dtype)
+            update = update * _trust_ratio(
+                torch.linalg.vector_norm(param, dtype=dtype),
+                torch.linalg.vector_norm(update, dtype=dtype),
+                eps2,
+                eps3,
+            )
+        param.sub_(update * lr)
+
+    return alto_tensor
+
+
+def _alto_chunk_kernel(
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> Callable[..., tuple[Tensor, Tensor]]:
+    """For a chunk of a large tensor: clip, E and the moments in place; return the chunk's sums of
+    squares of the parameter and of the update (the trust ratio's norms, in pieces)."""
+
+    def alto_chunk(
+        param: Tensor,
+        grad: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        grad_ema: Tensor | None,
+        grad_scale: Tensor | None,
+        m_scale: Tensor | None,
+        v_scale: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        _alto_moments(
+            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
+            maximize,
+        )  # fmt: skip
+        update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
+        dtype = _opmath(param.dtype)
+        return param.to(dtype).square().sum(), update.to(dtype).square().sum()
+
+    return alto_chunk
+
+
+def _alto_apply_kernel(
+    eps: float, weight_decay: float, eps2: float, eps3: float
+) -> Callable[..., None]:
+    """For a large tensor whose moments are updated: move the parameter by the trust-ratio-scaled
+    update, recomputed from the moments."""
+
+    def alto_apply(
+        param: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        lr: Tensor,
+        m_scale: Tensor | None,
+        v_scale: Tensor | None,
+        param_sq: Tensor,
+        update_sq: Tensor,
+    ) -> None:
+        ratio = _trust_ratio(param_sq.sqrt(), update_sq.sqrt(), eps2, eps3)
+        update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
+        param.sub_(update * (ratio * lr))
+
+    return alto_apply
+
+
+def _fused_alto(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    eps2: float,
+    eps3: float,
+    bias_correction: bool,
+    trust_ratio: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    r"""ALTO with one compiled kernel per tensor.
+
+    With the trust ratio, the update is needed twice: for its norm, then to move the parameter.
+    For ordinary tensors the kernel writes it to a temporary in its first loop and reads it back in
+    the second, the least traffic. A temporary of :data:`LARGE_BYTES` or more would be mapped from
+    the OS page by page on every step, so large contiguous tensors instead run in two phases: the
+    moments and partial norms chunk by chunk (each chunk's second read comes from the cache), then
+    one loop that recomputes the update from the moments and moves the parameter.
+    """
+    for (device, dtype), idx in _group_by_device_and_dtype(params).items():
+        opmath = _opmath(dtype)
+        group_steps = [steps[i] for i in idx]
+        torch._foreach_add_(group_steps, 1)
+        lr_t = _scalar_tensor(lr, opmath, device)
+        no_scales: list[Tensor | None] = [None] * len(idx)
+        m_scales, v_scales = no_scales, no_scales
+        if bias_correction:
+            m_scales, v_scales = _bias_scales(beta2, beta3, group_steps, opmath)
+        tensors = (device.type, dtype)
+        kernel = _kernel(
+            _alto_kernel,
+            (beta1, beta2, beta3, alpha, eps, weight_decay, eps2, eps3, trust_ratio, maximize),
+            tensors,
+        )
+        with _constant_floats():
+            for j, i in enumerate(idx):
+                views = _flat(
+                    params[i],
+                    grads[i],
+                    exp_avgs[i],
+                    exp_avg_sqs[i],
+                    grad_emas[i] if grad_emas is not None else None,
+                )
+                scales = (m_scales[j], v_scales[j])
+                large = _nbytes(params[i]) >= LARGE_BYTES and views[0].dim() == 1
+                if trust_ratio and large and not torch.compiler.is_compiling():
+                    chunk = _kernel(
+                        _alto_chunk_kernel,
+                        (beta1, beta2, beta3, alpha, eps, weight_decay, maximize),
+                        tensors,
+                    )
+                    apply = _kernel(_alto_apply_kernel, (eps, weight_decay, eps2, eps3), tensors)
+                    _alto_two_phase(chunk, apply, views, lr_t, grad_scale, scales)
+                else:
+                    kernel(*views, lr_t, grad_scale, *scales)
+
+
+def _alto_two_phase(
+    chunk: Callable[..., tuple[Tensor, Tensor]],
+    apply: Callable[..., None],
+    views: tuple[Tensor | None, ...],
+    lr: Tensor,
+    grad_scale: Tensor | None,
+    scales: tuple[Tensor | None, Tensor | None],
+) -> None:
+    """ALTO on one large 1-D tensor: moments and partial norms by chunks, then the step."""
+    p, g, m, v, e = views
+    assert p is not None and g is not None and m is not None and v is not None
+    chunks = [t.split(CHUNK) for t in (p, g, m, v)]
+    e_chunks = e.split(CHUNK) if e is not None else [None] * len(chunks[0])
+    sums = [
+        torch.stack(chunk(pc, gc, mc, vc, ec, grad_scale, *scales))
+        for pc, gc, mc, vc, ec in zip(*chunks, e_chunks, strict=True)
+    ]
+    param_sq, update_sq = torch.stack(sums).sum(0)
+    apply(p, m, v, lr, *scales, param_sq, update_sq)
+
+
+# -------------------------------------------------------------------------------------------- EAdam
+
+
+def _eadam_kernel(
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> Callable[..., None]:
+    """One tensor's EAdam(W) step for fixed hyperparameters: the math of ``_single_tensor_eadam``
+    with the bias corrections passed in as multipliers."""
+
+    def eadam_tensor(
+        param: Tensor,
+        grad: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        grad_ema: Tensor | None,
+        lr: Tensor,
+        grad_scale: Tensor | None,
+        m_scale: Tensor,
+        v_scale: Tensor,
+    ) -> None:
+        grad = _scaled(grad, grad_scale, maximize)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad + weight_decay * param
+        if grad_ema is not None:
+            grad = _explore_single(grad, grad_ema, alpha, beta1)
+        exp_avg.lerp_(grad, 1 - beta2)
+        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+        param.sub_(exp_avg * (m_scale * lr) / (exp_avg_sq.sqrt() * v_scale + eps))
+
+    return eadam_tensor
+
+
+def _fused_eadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grad_emas: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: Number,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    """EAdam(W) with one compiled kernel per tensor (one loop over its elements)."""
+    config = (beta1, beta2, beta3, alpha, eps, weight_decay, decoupled_weight_decay, maximize)
+    for (device, dtype), idx in _group_by_device_and_dtype(params).items():
+        opmath = _opmath(dtype)
+        group_steps = [steps[i] for i in idx]
+        torch._foreach_add_(group_steps, 1)
+        lr_t = _scalar_tensor(lr, opmath, device)
+        m_scales, v_scales = _bias_scales(beta2, beta3, group_steps, opmath)
+        kernel = _kernel(_eadam_kernel, config, (device.type, dtype))
+        with _constant_floats():
+            for j, i in enumerate(idx):
+                kernel(
+                    *_flat(
+                        params[i],
+                        grads[i],
+                        exp_avgs[i],
+                        exp_avg_sqs[i],
+                        grad_emas[i] if grad_emas is not None else None,
+                    ),
+                    lr_t,
+                    grad_scale,
+                    m_scales[j],
+                    v_scales[j],
+                )
+
+
+# --------------------------------------------------------------------------------------------- ESGD
+
+
+def _esgd_kernel(
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    alpha: float,
+    beta: float,
+    weight_decay: float,
+    maximize: bool,
+    first: bool,
+) -> Callable[..., None]:
+    """One tensor's ESGD step for fixed hyperparameters: the math of ``_single_tensor_esgd``.
+    ``first``: the momentum buffer is new (uninitialised) and starts as the gradient."""
+
+    def esgd_tensor(
+        param: Tensor,
+        grad: Tensor,
+        momentum_buffer: Tensor | None,
+        grad_ema: Tensor | None,
+        lr: Tensor,
+        grad_scale: Tensor | None,
+    ) -> None:
+        grad = _scaled(grad, grad_scale, maximize)
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        if grad_ema is not None:
+            grad = _explore_single(grad, grad_ema, alpha, beta)
+        if momentum_buffer is not None:
+            if first:
+                momentum_buffer.copy_(grad)
+            else:
+                momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
+            grad = grad + momentum * momentum_buffer if nesterov else momentum_buffer
+        param.sub_(grad * lr)
+
+    return esgd_tensor
+
+
+def _fused_esgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    grad_emas: list[Tensor] | None,
+    *,
+    lr: Number,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    alpha: float,
+    beta: float,
+    weight_decay: float,
+    grad_scale: Tensor | None,
+    maximize: bool,
+) -> None:
+    """ESGD with one compiled kernel per tensor; new momentum buffers are created here (the
+    caller stores them back into the state), their first step copies the gradient in."""
+    config = (momentum, dampening, nesterov, alpha, beta, weight_decay, maximize)
+    for (device, dtype), idx in _group_by_device_and_dtype(params).items():
+        lr_t = _scalar_tensor(lr, _opmath(dtype), device)
+        tensors = (device.type, dtype)
+        kernels = {
+            first: _kernel(_esgd_kernel, (*config, first), tensors) for first in (False, True)
+        }
+        with _constant_floats():
+            for i in idx:
+                first = momentum != 0 and momentum_buffers[i] is None
+                if first:
+                    momentum_buffers[i] = torch.empty_like(grads[i])
+                kernels[first](
+                    *_flat(
+                        params[i],
+                        grads[i],
+                        momentum_buffers[i] if momentum != 0 else None,
+                        grad_emas[i] if grad_emas is not None else None,
+                    ),
+                    lr_t,
+                    grad_scale,
+                )
