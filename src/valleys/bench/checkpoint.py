@@ -1,0 +1,165 @@
+"""Crash-safe files: atomic writes, checkpoints that refuse to load into the wrong run, RNG state.
+
+A file is written next to its destination under a temporary name, flushed to disk and moved into
+place with :func:`os.replace`, so a kill at any moment leaves either the old file or the new one,
+never a torn one. Checkpoints carry a *fingerprint* of everything that shapes the trajectory (task,
+model, optimizer, batch, schedule, seed, ...); loading one into a run with a different fingerprint
+is refused, because silently continuing a different experiment would corrupt its results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "get_rng_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+    "write_json_atomic",
+]
+
+CHECKPOINT_VERSION = 1
+_REQUIRED_KEYS = ("version", "fingerprint", "epoch", "model", "optimizer", "scheduler", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, incomplete, or written by a different run."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a stray temporary file behind.
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (NaN/inf are written as JSON ``null``)."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats by ``None``: strict JSON has no NaN, and a diverged run has some."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every RNG a training step can draw from: torch CPU, each CUDA device, Python's ``random``."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore RNG states captured by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """``random.setstate`` needs tuples; serialisation may hand back lists."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Atomically save a checkpoint ``payload`` (see :func:`load_checkpoint` for its keys)."""
+    missing = [k for k in _REQUIRED_KEYS if k != "version" and k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {', '.join(missing)}")
+    buffer = io.BytesIO()
+    torch.save({"version": CHECKPOINT_VERSION, **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, fingerprint: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` and check that it belongs to this run.
+
+    Args:
+        path: the checkpoint file.
+        fingerprint: the current run's fingerprint; when given, every key must match the stored one.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (truncated, corrupt, not a checkpoint),
+            lacks required entries, has another format version, or was written by a run whose
+            fingerprint differs; the message says which and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        # weights_only: a checkpoint is data, and loading one must not run arbitrary pickled code.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be read ({type(exc).__name__}: "
+            f"{exc}); delete it to start over, or write the new run to another directory"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"{path} is not a valleys checkpoint (found {type(payload).__name__})"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete valleys checkpoint: lacks {missing}")
+    if payload["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['version']}, this valleys reads "
+            f"{CHECKPOINT_VERSION}"
+        )
+    if fingerprint is not None:
+        differences = _fingerprint_differences(payload["fingerprint"], fingerprint)
+        if differences:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a different run and cannot be resumed here "
+                f"({'; '.join(differences)}); rerun with the checkpoint's settings, or write the "
+                "new run to another directory"
+            )
+    return payload
+
+
+def _fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    # Compare through JSON so tuples vs lists and int vs float spellings of equal numbers agree.
+    stored_n = json.loads(json.dumps(_json_safe(dict(stored)), sort_keys=True))
+    current_n = json.loads(json.dumps(_json_safe(dict(current)), sort_keys=True))
+    return [
+        f"{key}: checkpoint {stored_n.get(key)!r}, now {current_n.get(key)!r}"
+        for key in sorted(set(stored_n) | set(current_n))
+        if stored_n.get(key) != current_n.get(key)
+    ]
