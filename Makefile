@@ -9,7 +9,7 @@ STAMP := $(VENV)/.valleys-installed
 # their own (CUDA) torch keep it: the package only asks for torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup compare test lint
+.PHONY: setup compare test lint services
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install_data.sh
@@ -26,6 +26,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# PostgreSQL serves the study tests' multi-worker case (started by the tests on 127.0.0.1).
+services:
+	bash scripts/install_test_services.sh
+
 # One thread per worker: two workers with two threads each thrash the two cores of CI.
-test: lint
+test: lint services
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
