@@ -356,12 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--resume", metavar="DIR", help="continue the comparison in DIR")
     compare.set_defaults(handler=_compare)
 
+    from valleys.bench.flatness_run import add_flatness_parser
     from valleys.bench.landscape import FUNCTIONS
     from valleys.bench.landscape_compare import DEFAULT_OPTIMIZERS
     from valleys.bench.study_cli import add_report_parser, add_study_parser
 
     add_study_parser(commands)
     add_report_parser(commands)
+    add_flatness_parser(commands)
 
     landscape = commands.add_parser(
         "landscape",

@@ -1,0 +1,249 @@
+"""``valleys flatness RUN``: how flat is the minimum a training run ended in?
+
+For a finished run directory (``config.json`` + ``checkpoint.pt`` from :func:`valleys.bench.train.train`)
+this measures, on a fixed subset of the *training* data with the model in eval mode:
+
+- the Hessian's dominant eigenvalue by power iteration on Hessian-vector products, with a flag
+  saying whether it converged (a non-converged estimate is reported as such, not as a number);
+- the Hessian trace by Hutchinson's estimator (mean ± standard error);
+- the training loss along a random filter-normalised direction (Li et al., 2018), α ∈ [−1, 1];
+- the distance travelled ‖θ_T − θ_0‖, with θ_0 rebuilt from the run's seed exactly as training
+  initialised it.
+
+This answers the paper's reviewers' question ("does E find flatter minima?") with numbers for any
+run, so that ALTO's and Lamb's end points can be compared seed by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_checkpoint, write_json_atomic
+from .flatness import (
+    distance_travelled,
+    filter_normalized_direction,
+    hutchinson_trace,
+    loss_profile_1d,
+    top_hessian_eigenvalue,
+)
+from .tasks import Task, build_task
+from .train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
+
+__all__ = [
+    "FLATNESS_FILE",
+    "FlatnessSettings",
+    "add_flatness_parser",
+    "measure_run",
+    "plot_profiles",
+]
+
+FLATNESS_FILE = "flatness.json"
+
+
+class FlatnessSettings:
+    """What a measurement uses; stored beside its numbers."""
+
+    def __init__(
+        self,
+        *,
+        examples: int = 2048,
+        batch_size: int = 1024,
+        power_iters: int = 100,
+        tol: float = 1e-3,
+        trace_samples: int = 30,
+        profile_points: int = 21,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("examples", examples),
+            ("batch_size", batch_size),
+            ("power_iters", power_iters),
+            ("trace_samples", trace_samples),
+            ("profile_points", profile_points),
+        ):
+            if not isinstance(value, int) or value < (2 if name == "trace_samples" else 1):
+                raise ValueError(f"Invalid {name}: {value!r}; expected a positive integer")
+        if not (math.isfinite(tol) and tol > 0):
+            raise ValueError(f"Invalid tol: {tol!r}; expected a number > 0")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.power_iters = power_iters
+        self.tol = tol
+        self.trace_samples = trace_samples
+        self.profile_points = profile_points
+        self.seed = seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _load_run(run_dir: Path) -> tuple[TrainConfig, Task, nn.Module, nn.Module]:
+    """The run's config, task, trained model and the model as training initialised it."""
+    config_path, checkpoint_path = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no run ({CONFIG_FILE} missing)")
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint ({CHECKPOINT_FILE} missing)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    task = build_task(config.task, config.task_options)
+    payload = load_checkpoint(checkpoint_path, fingerprint=config.fingerprint())
+
+    # Training seeds torch and random this way right before building the model (train.train).
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    initial = task.build_model()
+    model = task.build_model()
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} does not match the {task.model_name} model of task "
+            f"{config.task!r}: {exc}"
+        ) from exc
+    return config, task, model, initial
+
+
+def _loss_fn(task: Task, model: nn.Module, batches: Sequence[tuple[tuple[Tensor, ...], Tensor]]):  # type: ignore[no-untyped-def]
+    units = sum(len(targets) for _, targets in batches)
+
+    def loss() -> Tensor:
+        total = sum(
+            task.loss(task.forward(model, inputs), targets, reduction="sum")
+            for inputs, targets in batches
+        )
+        return total / units  # type: ignore[operator]
+
+    return loss
+
+
+def measure_run(run_dir: str | Path, settings: FlatnessSettings | None = None) -> dict[str, Any]:
+    """Measure the flatness of ``run_dir``'s final model; also write it to ``flatness.json``."""
+    settings = settings or FlatnessSettings()
+    run_dir = Path(run_dir)
+    config, task, model, initial = _load_run(run_dir)
+    model.eval()
+    generator = torch.Generator().manual_seed(settings.seed)
+    count = min(settings.examples, len(task.train))
+    index = torch.randperm(len(task.train), generator=generator)[:count]
+    batches = [
+        task.train.select(index[start : start + settings.batch_size])
+        for start in range(0, count, settings.batch_size)
+    ]
+    loss_fn = _loss_fn(task, model, batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    with torch.no_grad():
+        loss_at_minimum = loss_fn().item()
+    eigen = top_hessian_eigenvalue(
+        loss_fn, params, iters=settings.power_iters, tol=settings.tol, seed=settings.seed
+    )
+    trace = hutchinson_trace(loss_fn, params, samples=settings.trace_samples, seed=settings.seed)
+    direction = filter_normalized_direction(model, seed=settings.seed)
+    alphas = torch.linspace(-1.0, 1.0, settings.profile_points, dtype=torch.float64)
+    profile = loss_profile_1d(model, loss_fn, direction, alphas)
+
+    result = {
+        "run": str(run_dir),
+        "task": config.task,
+        "optimizer": config.optimizer,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "train_loss_on_subset": loss_at_minimum,
+        "top_eigenvalue": eigen.value if eigen.converged else None,
+        "top_eigenvalue_estimate": eigen.value,
+        "top_eigenvalue_converged": eigen.converged,
+        "top_eigenvalue_residual": eigen.residual,
+        "power_iterations": eigen.iterations,
+        "hessian_trace": trace.mean,
+        "hessian_trace_stderr": trace.stderr,
+        "distance_travelled": distance_travelled(initial.parameters(), model.parameters()),
+        "profile_alphas": alphas.tolist(),
+        "profile_losses": profile.tolist(),
+        "settings": settings.to_dict(),
+    }
+    write_json_atomic(run_dir / FLATNESS_FILE, result)
+    return result
+
+
+def plot_profiles(results: Sequence[dict[str, Any]], path: Path) -> Path:
+    """One curve per run: training loss along its filter-normalised direction (Li et al., 2018)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for result in results:
+        label = f"{result['optimizer']} seed {result['seed']}"
+        axes.plot(result["profile_alphas"], result["profile_losses"], marker=".", label=label)
+    axes.set_xlabel("α (step along a filter-normalised random direction)")
+    axes.set_ylabel("training loss (subset)")
+    axes.set_yscale("log")
+    axes.set_title("Loss around the end point of each run")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def add_flatness_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``flatness`` to the ``valleys`` subcommands."""
+    defaults = FlatnessSettings()
+    parser = subparsers.add_parser(
+        "flatness",
+        help="flatness of finished runs: top Hessian eigenvalue, trace, loss profile, distance",
+        description=(
+            "Measure each RUN's end point on a fixed training subset (model in eval mode): the "
+            "dominant Hessian eigenvalue (power iteration; reported only if it converged), the "
+            "Hutchinson trace, the loss along a filter-normalised direction and ||theta_T - "
+            "theta_0||. Writes flatness.json into each run and prints a table."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories of valleys train")
+    parser.add_argument(
+        "--examples", type=int, default=defaults.examples, help="training subset size"
+    )
+    parser.add_argument("--power-iters", type=int, default=defaults.power_iters)
+    parser.add_argument("--tol", type=float, default=defaults.tol, help="power iteration tolerance")
+    parser.add_argument("--trace-samples", type=int, default=defaults.trace_samples)
+    parser.add_argument("--profile-points", type=int, default=defaults.profile_points)
+    parser.add_argument("--plot", help="PNG of the loss profiles of all runs")
+    parser.set_defaults(handler=_flatness_command)
+    return parser
+
+
+def _cell(value: float | None, digits: int = 4) -> str:
+    return "not converged" if value is None else f"{value:.{digits}g}"
+
+
+def _flatness_command(args: argparse.Namespace) -> int:
+    settings = FlatnessSettings(
+        examples=args.examples,
+        power_iters=args.power_iters,
+        tol=args.tol,
+        trace_samples=args.trace_samples,
+        profile_points=args.profile_points,
+    )
+    results = [measure_run(run, settings) for run in args.runs]
+    print("| optimizer | seed | batch | top eigenvalue | trace (± se) | distance | loss | run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        trace = f"{r['hessian_trace']:.4g} ± {r['hessian_trace_stderr']:.2g}"
+        print(
+            f"| {r['optimizer']} | {r['seed']} | {r['batch_size']} | {_cell(r['top_eigenvalue'])} | "
+            f"{trace} | {r['distance_travelled']:.4g} | {r['train_loss_on_subset']:.4g} | {r['run']} |"
+        )
+    if args.plot:
+        print(f"\nprofiles: {plot_profiles(results, Path(args.plot))}")
+    return 0

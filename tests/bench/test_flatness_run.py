@@ -1,0 +1,123 @@
+"""``valleys flatness RUN``: flatness of a finished run's end point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from valleys.bench.checkpoint import CheckpointError
+from valleys.bench.flatness_run import FLATNESS_FILE, FlatnessSettings, measure_run, plot_profiles
+from valleys.bench.tasks import TaskOptions
+from valleys.bench.train import TrainConfig, train
+from valleys.cli import main
+
+SMALL = FlatnessSettings(
+    examples=256, batch_size=128, power_iters=30, trace_samples=4, profile_points=5
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("flat") / "run"
+    config = TrainConfig(
+        task="digits",
+        optimizer="alto",
+        lr=1e-2,
+        batch_size=256,
+        epochs=2,
+        task_options=TaskOptions(model="mlp"),
+    )
+    train(config, out, quiet=True)
+    return out
+
+
+def test_measures_the_end_point_and_stores_it(run_dir: Path) -> None:
+    result = measure_run(run_dir, SMALL)
+    assert result["optimizer"] == "alto" and result["seed"] == 0
+    assert result["distance_travelled"] > 0
+    middle = len(result["profile_alphas"]) // 2
+    assert result["profile_alphas"][middle] == 0.0
+    assert result["profile_losses"][middle] == pytest.approx(
+        result["train_loss_on_subset"], rel=1e-5
+    )
+    assert result["hessian_trace"] > 0
+    if result["top_eigenvalue_converged"]:
+        assert result["top_eigenvalue"] == result["top_eigenvalue_estimate"] > 0
+    else:
+        assert result["top_eigenvalue"] is None
+    stored = json.loads((run_dir / FLATNESS_FILE).read_text())
+    assert stored["settings"]["examples"] == 256
+    png = plot_profiles([result], run_dir / "profile.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_distance_is_measured_from_the_runs_own_initialisation(tmp_path: Path) -> None:
+    """With a negligible lr the end point is the initialisation: the distance must vanish, which
+    only happens when θ_0 is rebuilt exactly as training built it."""
+    config = TrainConfig(
+        task="digits",
+        optimizer="alto",
+        lr=1e-12,
+        batch_size=256,
+        epochs=1,
+        task_options=TaskOptions(model="mlp"),
+    )
+    train(config, tmp_path / "still", quiet=True)
+    assert measure_run(tmp_path / "still", SMALL)["distance_travelled"] < 1e-8
+
+
+def test_mismatched_checkpoint_and_missing_run_are_refused(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        measure_run(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["task_options"]["model"] = "small_cnn"
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    with pytest.raises(CheckpointError):
+        measure_run(other, SMALL)
+
+
+def test_bad_settings_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="Invalid power_iters: 0"):
+        FlatnessSettings(power_iters=0)
+    with pytest.raises(ValueError, match="Invalid tol"):
+        FlatnessSettings(tol=0.0)
+
+
+def test_cli_prints_a_table_and_writes_the_profile_plot(
+    run_dir: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "flat.png"
+    code = main(
+        [
+            "flatness",
+            str(run_dir),
+            "--examples",
+            "256",
+            "--power-iters",
+            "20",
+            "--trace-samples",
+            "3",
+            "--profile-points",
+            "5",
+            "--plot",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| alto | 0 |" in printed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
