@@ -127,6 +127,12 @@ VARIANTS: list[Variant] = [
     Variant(
         "explore_adamw_fused", "ours", lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True))
     ),
+    Variant(
+        # E's own transform compiled too: two passes per tensor around the fused base step.
+        "explore_fused_adamw_fused",
+        "ours",
+        lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True), fused=True),
+    ),
 ]
 
 

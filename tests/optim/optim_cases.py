@@ -58,7 +58,8 @@ class Case:
     clips: bool = True
     """Whether ``max_grad_norm`` is an argument (Explore leaves clipping to the user)."""
     fuses: bool = False
-    """Whether ``fused=True`` is an argument (the compiled path of ALTO, Lamb, EAdam(W), ESGD)."""
+    """Whether ``fused=True`` is an argument (the compiled path of ALTO, Lamb, EAdam(W), ESGD, and
+    of Explore's transform)."""
 
     def __str__(self) -> str:
         return self.id
@@ -74,11 +75,16 @@ def _native(cls: type[Optimizer], **config: Any) -> Callable[..., Optimizer]:
 def _explore(
     base: type[Optimizer], alpha: float, beta: float, **config: Any
 ) -> Callable[..., Optimizer]:
-    def make(params: Any, foreach: bool | None = None, **overrides: Any) -> Optimizer:
+    def make(
+        params: Any, foreach: bool | None = None, fused: bool | None = None, **overrides: Any
+    ) -> Optimizer:
+        # ``fused`` selects Explore's compiled transform; the base keeps its own configuration.
         base_kwargs = {**config, **overrides}
         if foreach is not None and "fused" not in base_kwargs:
             base_kwargs["foreach"] = foreach
-        return Explore(base(params, **base_kwargs), alpha=alpha, beta=beta, foreach=foreach)
+        return Explore(
+            base(params, **base_kwargs), alpha=alpha, beta=beta, foreach=foreach, fused=fused
+        )
 
     return make
 
@@ -183,6 +189,7 @@ CASES: list[Case] = [
         explores=True,
         state_keys=frozenset({"grad_ema"}),
         clips=False,
+        fuses=True,
     ),
     Case(
         "explore_adamw",
@@ -194,6 +201,7 @@ CASES: list[Case] = [
         explores=True,
         state_keys=frozenset({"grad_ema"}),
         clips=False,
+        fuses=True,
     ),
     Case(
         "explore_adamw_fused",
@@ -205,6 +213,7 @@ CASES: list[Case] = [
         explores=True,
         state_keys=frozenset({"grad_ema"}),
         clips=False,
+        fuses=True,
     ),
     Case(
         "explore_rmsprop",

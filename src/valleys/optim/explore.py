@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._base import as_real, resolve_foreach, zeros_state
+from ._fused import fused_explore_in, fused_explore_out
 from ._validation import check_alpha, check_beta
 
 __all__ = ["Explore"]
@@ -59,6 +60,9 @@ class Explore(Optimizer):
         alpha: E's α (< 0 explores, > 0 exploits). Stability needs |α| < 1/(1 − β).
         beta: E's β (β1 in the paper).
         foreach: compute E with multi-tensor kernels; None picks them on accelerators.
+        fused: compute E with two ``torch.compile``\ d passes per tensor (one before the base step
+            writes ĝ and saves g, one after restores g and advances e), compiled on first use;
+            exclusive with ``foreach=True``. None means False.
     """
 
     def __init__(
@@ -68,7 +72,10 @@ class Explore(Optimizer):
         beta: float = 0.99,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
+        if fused and foreach:
+            raise ValueError("fused=True and foreach=True cannot be used together; pick one path")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"Explore wraps a torch.optim.Optimizer instance, got {type(optimizer).__name__}"
@@ -77,6 +84,7 @@ class Explore(Optimizer):
             raise TypeError("Explore cannot wrap another Explore: E would be applied twice")
         self.optimizer = optimizer
         self.foreach = foreach
+        self.fused = bool(fused)
         super().__init__(optimizer.param_groups, dict(explore_alpha=alpha, explore_beta=beta))
 
     @property  # type: ignore[override]
@@ -105,6 +113,7 @@ class Explore(Optimizer):
             "state": self.state,
             "optimizer": self.optimizer,
             "foreach": self.foreach,
+            "fused": self.fused,
         }
 
     def __repr__(self) -> str:
@@ -142,7 +151,12 @@ class Explore(Optimizer):
                 group_emas.append(as_real(state["grad_ema"]))
             if not group_grads:
                 continue
-            saved = _transform_(group_grads, group_emas, alpha, beta, self._foreach(group_grads))
+            if self.fused:
+                saved = fused_explore_in(group_grads, group_emas, alpha, beta)
+            else:
+                saved = _transform_(
+                    group_grads, group_emas, alpha, beta, self._foreach(group_grads)
+                )
             grads += group_grads
             raw += saved
             emas += group_emas
@@ -150,9 +164,14 @@ class Explore(Optimizer):
 
         try:
             self.optimizer.step()
-        finally:
+        except BaseException:
             _restore_(grads, raw, self._foreach(grads))
-        _advance_(emas, raw, betas, self._foreach(emas))
+            raise
+        if self.fused:
+            fused_explore_out(grads, emas, raw, betas)
+        else:
+            _restore_(grads, raw, self._foreach(grads))
+            _advance_(emas, raw, betas, self._foreach(emas))
         return loss
 
     def _foreach(self, tensors: list[Tensor]) -> bool:
