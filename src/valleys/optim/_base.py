@@ -10,13 +10,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _functional as F
+from ._sharding import local, sharded_norms
 from ._validation import check_lr, check_max_grad_norm, check_non_negative
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
 def as_real(t: Tensor) -> Tensor:
-    """A real view of a complex tensor (real and imaginary parts as a last dim of 2)."""
+    """A real view of a complex tensor (real and imaginary parts as a last dim of 2); a DTensor's
+    local shard, on which the elementwise kernels run (norms are reduced separately)."""
+    t = local(t)
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
@@ -84,7 +87,13 @@ class ValleyOptimizer(Optimizer):
                 )
 
         clipping = any(g["max_grad_norm"] is not None for g in self.param_groups)
-        total_norm = F.global_grad_norm([as_real(g) for g in grads]) if clipping and grads else None
+        total_norm = None
+        if clipping and grads:
+            sharded = sharded_norms(grads)
+            if sharded is not None:
+                total_norm = sharded.global_norm(grads)
+            else:
+                total_norm = F.global_grad_norm([as_real(g) for g in grads])
 
         for group in self.param_groups:
             max_norm = group["max_grad_norm"]

@@ -27,6 +27,7 @@ and clip factors stay on the device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,8 @@ from torch import Tensor
 __all__ = ["alto", "clip_coefficient", "eadam", "esgd", "explore", "global_grad_norm"]
 
 Number = float | Tensor
+NormReducer = Callable[[Tensor, list[int]], Tensor]
+"""Maps local sums of squares (last dimension: the tensors at the given indices) to full ones."""
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -207,6 +210,7 @@ def _multi_tensor_alto(
     trust_ratio: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    reduce_norms: NormReducer | None = None,
 ) -> None:
     for key, idx in _group_by_device_and_dtype(params).items():
         p = [params[i] for i in idx]
@@ -241,12 +245,16 @@ def _multi_tensor_alto(
         if weight_decay != 0:
             torch._foreach_add_(update, p, alpha=weight_decay)
         if trust_ratio:
-            ratios = _trust_ratio(
-                torch.stack(torch._foreach_norm(p, 2, dtype=dtype)),
-                torch.stack(torch._foreach_norm(update, 2, dtype=dtype)),
-                eps2,
-                eps3,
+            norms = torch.stack(
+                [
+                    torch.stack(torch._foreach_norm(p, 2, dtype=dtype)),
+                    torch.stack(torch._foreach_norm(update, 2, dtype=dtype)),
+                ]
             )
+            if reduce_norms is not None:
+                # Shards: the norms of θ and r of every tensor in one collective.
+                norms = reduce_norms(norms.square(), idx).sqrt()
+            ratios = _trust_ratio(norms[0], norms[1], eps2, eps3)
             torch._foreach_mul_(update, ratios.unbind(0))
         if isinstance(lr, Tensor):
             torch._foreach_mul_(update, lr)
@@ -278,6 +286,7 @@ def alto(
     maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
+    reduce_norms: NormReducer | None = None,
 ) -> None:
     r"""One ALTO step (Algorithm 2 of the paper) on a list of tensors, in place.
 
@@ -293,8 +302,19 @@ def alto(
     dropped; without ``trust_ratio`` the last factor is 1. ``grad_scale`` multiplies the raw
     gradients first (global-norm clipping); ``steps`` are per-tensor counters, advanced here.
     ``foreach`` and ``fused`` pick the multi-tensor or the compiled kernels (at most one of them).
+
+    ``reduce_norms`` is for tensors that are local shards of larger ones (FSDP2): it maps the
+    shards' sums of squares, shape ``(2, n)`` (θ's and r's of the ``n`` tensors at the given
+    indices), to the full tensors'. With the trust ratio on, it forces the multi-tensor kernel,
+    whose norms of all tensors are computed together before any is applied, so that one
+    collective serves a whole (device, dtype) bucket.
     """
-    kernel = _pick_kernel("alto", foreach, fused)
+    if reduce_norms is not None and trust_ratio:
+        kernel: Callable[..., None] = functools.partial(
+            _multi_tensor_alto, reduce_norms=reduce_norms
+        )
+    else:
+        kernel = _pick_kernel("alto", foreach, fused)
     kernel(
         params,
         grads,

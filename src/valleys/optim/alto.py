@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import Params, ValleyOptimizer, as_real, resolve_paths, step_counter, zeros_state
+from ._sharding import sharded_norms
 from ._validation import check_alpha, check_betas, check_non_negative
 
 __all__ = ["ALTO", "Lamb"]
@@ -38,7 +39,9 @@ _SHARED_DOC = r"""
             loop on the CPU (where foreach is slower).
         fused: use one ``torch.compile``\ d kernel per tensor (compiled on first use, once per
             group configuration; the fastest path on the CPU); exclusive with ``foreach=True``.
-            None means False.
+            None means False. A group of FSDP2 (DTensor) parameters with the trust ratio on
+            always runs the multi-tensor kernel: its norms of all tensors come before any update,
+            so one all-reduce serves them all (see :mod:`valleys.optim._sharding`).
 
     The per-group keys ``lr``, ``betas``, ``eps``, ``weight_decay``, ``eps2``, ``eps3``,
     ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize``, ``foreach`` and
@@ -63,6 +66,7 @@ class _LayerwiseAdaptive(ValleyOptimizer):
     def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
         beta1, alpha = self._explore(group)
         beta2, beta3 = self._moment_betas(group)
+        owned: list[Tensor] = []
         params: list[Tensor] = []
         grads: list[Tensor] = []
         exp_avgs: list[Tensor] = []
@@ -79,6 +83,7 @@ class _LayerwiseAdaptive(ValleyOptimizer):
                 state["exp_avg_sq"] = zeros_state(p)
             if alpha != 0 and "grad_ema" not in state:
                 state["grad_ema"] = zeros_state(p)
+            owned.append(p)
             params.append(as_real(p))
             grads.append(as_real(p.grad))
             exp_avgs.append(as_real(state["exp_avg"]))
@@ -111,7 +116,14 @@ class _LayerwiseAdaptive(ValleyOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             fused=fused,
+            reduce_norms=_reducer(owned) if group["trust_ratio"] else None,
         )
+
+
+def _reducer(params: list[Tensor]) -> F.NormReducer | None:
+    """For FSDP2 parameters, what makes the trust ratio's norms those of the full tensors."""
+    sharded = sharded_norms(params)
+    return None if sharded is None else sharded.reduce
 
 
 class ALTO(_LayerwiseAdaptive):

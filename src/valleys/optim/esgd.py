@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import Params, ValleyOptimizer, as_real, resolve_paths, zeros_state
+from ._sharding import as_dtensor_like
 from ._validation import check_alpha, check_beta
 
 __all__ = ["ESGD"]
@@ -92,6 +93,7 @@ class ESGD(ValleyOptimizer):
         buffers: list[Tensor | None] = []
         emas: list[Tensor] = []
         owners: list[dict[str, Any]] = []
+        owned: list[Tensor] = []
         is_complex: list[bool] = []
         for p in group["params"]:
             if p.grad is None:
@@ -104,6 +106,7 @@ class ESGD(ValleyOptimizer):
             buf = state.get("momentum_buffer")
             buffers.append(None if buf is None else as_real(buf))
             owners.append(state)
+            owned.append(p)
             is_complex.append(torch.is_complex(p))
             if alpha != 0:
                 emas.append(as_real(state["grad_ema"]))
@@ -128,7 +131,10 @@ class ESGD(ValleyOptimizer):
             fused=fused,
         )
         if momentum != 0:
-            for state, complex_param, buf in zip(owners, is_complex, buffers, strict=True):
+            for state, param, complex_param, buf in zip(
+                owners, owned, is_complex, buffers, strict=True
+            ):
                 if "momentum_buffer" not in state and buf is not None:
                     # Created on a real view; stored in the parameter's own dtype for state_dict.
-                    state["momentum_buffer"] = torch.view_as_complex(buf) if complex_param else buf
+                    buf = torch.view_as_complex(buf) if complex_param else buf
+                    state["momentum_buffer"] = as_dtensor_like(buf, param)

@@ -48,7 +48,8 @@ class Explore(Optimizer):
     restores the raw gradient in ``p.grad`` and advances E's buffer. If the base step raises, the
     gradients are restored and E's state is unchanged. Under ``torch.amp.GradScaler`` the scaler
     unscales the shared ``param_groups`` before the step and skips ``step()`` entirely on inf/NaN,
-    so E sees unscaled gradients and does not advance on skipped steps.
+    so E sees unscaled gradients and does not advance on skipped steps. Under FSDP2 the gradients
+    and E's buffers are DTensors; E is elementwise and runs on their local shards.
 
     ``state`` holds E's buffers (``grad_ema``); the base optimizer's state is
     ``explore.optimizer.state``. ``state_dict()`` is the base optimizer's, with E's buffer added to
