@@ -131,9 +131,17 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
 
     run = parser.add_argument_group("training")
     if single_run:
+        from valleys.bench.train import DISTRIBUTED
+
         run.add_argument("--optimizer", type=_optimizer_name, help="optimizer (default: alto)")
         run.add_argument("--lr", type=_positive_float, help="base learning rate (default: 1e-3)")
         run.add_argument("--seed", type=_non_negative_int, help="random seed (default: 0)")
+        run.add_argument(
+            "--dist",
+            choices=DISTRIBUTED,
+            help="data-parallel across the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
+            "--batch-size stays the global batch",
+        )
     run.add_argument("--batch-size", type=_positive_int, help="global batch size")
     run.add_argument(
         "--micro-batch-size",
@@ -196,6 +204,12 @@ def _apply(config: Any, given: dict[str, Any]) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.dist is not None:
+        return _train_distributed(args)
+    return _train_run(args)
+
+
+def _train_run(args: argparse.Namespace) -> int:
     import json
 
     from valleys.bench.train import CONFIG_FILE, TrainConfig, train
@@ -210,14 +224,18 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = _apply(TrainConfig(), given)
         config.validate()
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = _shared(datetime.now().strftime("%Y%m%d-%H%M%S"))
         out = Path(args.out or f"runs/train-{config.task}-{config.optimizer}-{stamp}")
     try:
-        result = train(config, out, resume=args.resume is not None, quiet=args.quiet)
+        result = train(
+            config, out, resume=args.resume is not None, quiet=args.quiet, distributed=args.dist
+        )
     except KeyboardInterrupt:
-        if (out / CONFIG_FILE).is_file():
+        if (out / CONFIG_FILE).is_file() and _is_lead():
             print(f"resume with: valleys train --resume {out}", file=sys.stderr)
         raise
+    if not _is_lead():
+        return 0 if result.status == "completed" else _EXIT_ERROR
     best = f"{result.best_metric:.4f}" if result.best_metric is not None else "—"
     loss = f"{result.final_train_loss:.4f}" if result.final_train_loss is not None else "—"
     reached = (
@@ -233,6 +251,50 @@ def _train(args: argparse.Namespace) -> int:
         f"time to target {reached}; results in {out}"
     )
     return 0 if result.status == "completed" else _EXIT_ERROR
+
+
+def _train_distributed(args: argparse.Namespace) -> int:
+    """``valleys train --dist ...`` as one rank of a torchrun job.
+
+    Joins the process group before anything else, so that every rank agrees on the run folder,
+    and leaves it at the end; a finished run then ends its process at once, because FSDP
+    processes on gloo can abort at interpreter exit after a successful run.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    from valleys.bench.train import TrainConfig, init_distributed
+
+    init_distributed(args.device or TrainConfig.device)
+    try:
+        status = _train_run(args)
+    except BaseException:
+        # The error is reported as for any run; a rare abort at exit cannot hide it.
+        dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _is_lead() -> bool:
+    """Rank 0 of a distributed run, or the only process."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _shared(value: str) -> str:
+    """Rank 0's ``value`` on every rank of a distributed run."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
 
 
 def _compare(args: argparse.Namespace) -> int:

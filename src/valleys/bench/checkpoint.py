@@ -5,6 +5,11 @@ place with :func:`os.replace`, so a kill at any moment leaves either the old fil
 never a torn one. Checkpoints carry a *fingerprint* of everything that shapes the trajectory (task,
 model, optimizer, batch, schedule, seed, ...); loading one into a run with a different fingerprint
 is refused, because silently continuing a different experiment would corrupt its results.
+
+FSDP runs keep model and optimizer out of the checkpoint file: every rank writes its shards with
+``torch.distributed.checkpoint`` to a folder named in the file (one folder per epoch, the older
+ones deleted only once the file naming the new one is in place), and any world size, one process
+included, can load them (:func:`load_model_and_optimizer`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,12 +32,17 @@ __all__ = [
     "atomic_write_bytes",
     "get_rng_state",
     "load_checkpoint",
+    "load_model_and_optimizer",
+    "remove_stale_shards",
     "save_checkpoint",
+    "save_sharded",
     "set_rng_state",
     "write_json_atomic",
 ]
 
 CHECKPOINT_VERSION = 1
+SHARDED_PREFIX = "checkpoint-shards-"
+"""Name prefix of the folders of an FSDP run's model and optimizer shards."""
 _REQUIRED_KEYS = ("version", "fingerprint", "epoch", "model", "optimizer", "scheduler", "rng")
 
 
@@ -163,3 +174,90 @@ def _fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, An
         for key in sorted(set(stored_n) | set(current_n))
         if stored_n.get(key) != current_n.get(key)
     ]
+
+
+def save_sharded(
+    folder: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Save an FSDP model's and optimizer's shards to ``folder`` (a collective: every rank calls
+    it); their names are the parameters' fully qualified names, so any world size can load them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=Path(folder))
+
+
+def load_model_and_optimizer(
+    payload: Mapping[str, Any],
+    run_dir: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load a checkpoint's model and optimizer state, from the file or from an FSDP run's shards.
+
+    The shards are gathered into whole tensors first (into a temporary file), then
+    ``set_state_dict`` loads them into ``model``, sharded or not: a fresh optimizer has no state
+    yet for ``torch.distributed.checkpoint`` to load into in place. This holds the whole state in
+    each process's memory once, acceptable for the models this harness trains.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    if payload.get("sharded") is None:
+        if not _is_sharded(model):
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            return
+        # A whole-tensor checkpoint (one process, or DDP) resumed under FSDP.
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=payload["model"],
+            optim_state_dict=_by_name(payload["optimizer"], model, optimizer),
+            options=StateDictOptions(full_state_dict=True),
+        )
+        return
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = Path(run_dir) / payload["sharded"]
+    if not folder.is_dir():
+        raise CheckpointError(f"the checkpoint's shards are missing: no folder {folder}")
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "whole.pt"
+        dcp_to_torch_save(folder, whole)
+        state = torch.load(whole, map_location="cpu", weights_only=True)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(full_state_dict=True),
+    )
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _by_name(
+    state_dict: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter index rewritten with the parameters' names, the
+    form ``set_state_dict`` takes (indices count through ``optimizer``'s groups, in order)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [
+        {**group, "params": [order[i] for i in group["params"]]}
+        for group in state_dict["param_groups"]
+    ]
+    state = {order[int(i)]: entry for i, entry in state_dict["state"].items()}
+    return {"state": state, "param_groups": groups}
+
+
+def remove_stale_shards(run_dir: str | os.PathLike[str], keep: str | None) -> None:
+    """Delete the shard folders of earlier epochs once the checkpoint names ``keep`` (or none)."""
+    for folder in Path(run_dir).glob(f"{SHARDED_PREFIX}*"):
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -15,6 +15,15 @@ of 4 epochs and a run of 2 epochs resumed for 2 more end with identical paramete
 A run directory holds ``config.json``, ``metrics.jsonl`` (see :mod:`valleys.bench.metrics_log`),
 ``checkpoint.pt`` (rewritten atomically after every epoch) and ``result.json`` (written when the run
 ends: completed, diverged or interrupted).
+
+Under ``torchrun`` (``distributed="ddp"`` or ``"fsdp"``) each rank takes a disjoint, equal slice of
+every global batch (the same per-epoch permutation on every rank, so no sampler state needs
+saving), accumulates over its micro-batches without communicating, and the gradients are averaged
+once per optimizer step: the step equals one process's step on the whole batch. Losses are averaged
+across ranks, every rank evaluates the whole test set (so every rank reports the same metrics) and
+only rank 0 writes files. FSDP runs save model and optimizer with ``torch.distributed.checkpoint``
+(a folder of shards next to ``checkpoint.pt``), which loads into any world size, one process
+included.
 """
 
 from __future__ import annotations
@@ -36,10 +45,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from valleys.bench.checkpoint import (
+    SHARDED_PREFIX,
     CheckpointError,
     get_rng_state,
     load_checkpoint,
+    load_model_and_optimizer,
+    remove_stale_shards,
     save_checkpoint,
+    save_sharded,
     set_rng_state,
     write_json_atomic,
 )
@@ -49,12 +62,14 @@ from valleys.bench.tasks import Split, Task, TaskOptions, build_task, check_task
 
 __all__ = [
     "DEFAULT_MICRO_BATCH_SIZE",
+    "DISTRIBUTED",
     "STATUSES",
     "RunResult",
     "TrainConfig",
     "accumulate_gradients",
     "check_optimizer_name",
     "epoch_batches",
+    "init_distributed",
     "make_optimizer",
     "steps_per_epoch",
     "train",
@@ -66,6 +81,9 @@ buy little speed on a CPU and cost memory linearly."""
 
 STATUSES = ("completed", "diverged", "interrupted")
 """How a run ended."""
+
+DISTRIBUTED = ("ddp", "fsdp")
+"""Data-parallel strategies under ``torchrun``: DistributedDataParallel, or FSDP2 (``fully_shard``)."""
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -298,20 +316,26 @@ def accumulate_gradients(
     index: Tensor,
     micro_batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> Tensor:
     """Add the gradient of the mean loss over ``split[index]`` to ``.grad``, in micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the batch, so the sum over
     micro-batches is the batch's mean loss and so is its gradient. Returns that loss, detached.
+    ``no_sync`` (DDP's ``model.no_sync``) wraps every micro-batch but the last, so that gradients
+    are communicated once per optimizer step.
     """
     total = index.numel()
     loss_sum = torch.zeros((), dtype=torch.float64, device=index.device)
-    for micro in index.split(micro_batch_size):
+    micros = index.split(micro_batch_size)
+    for i, micro in enumerate(micros):
         inputs, targets = split.select(micro)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            output = task.forward(model, inputs)
-        loss = task.loss(output, targets) * (micro.numel() / total)
-        loss.backward()
+        last = i == len(micros) - 1
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                output = task.forward(model, inputs)
+            loss = task.loss(output, targets) * (micro.numel() / total)
+            loss.backward()
         loss_sum += loss.detach().double()
     return loss_sum
 
@@ -347,6 +371,91 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def init_distributed(device: str) -> torch.device:
+    """Join the process group ``torchrun`` describes (if not yet joined); return this rank's device.
+
+    NCCL and the rank's own GPU (``LOCAL_RANK``) when ``device`` is CUDA, gloo otherwise.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed")
+    wanted = torch.device(device)
+    if wanted.type == "cuda":
+        wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            raise RuntimeError(
+                "--dist needs the environment torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, ...): "
+                "launch with `torchrun --nproc_per_node=N -m valleys.cli train ... --dist ddp`"
+            )
+        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
+    return wanted
+
+
+@dataclass
+class _Ranks:
+    """This process's place in a data-parallel run (world 1, rank 0 when not distributed)."""
+
+    strategy: str | None = None
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0, the one that writes files and prints."""
+        return self.rank == 0
+
+    def local(self, index: Tensor) -> Tensor:
+        """This rank's slice of a global batch's indices."""
+        per_rank = index.numel() // self.world
+        return index[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def mean(self, value: Tensor) -> Tensor:
+        """``value`` averaged across ranks (every rank's share of the batch is the same size)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        dist.all_reduce(value)
+        return value / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _wrap(
+    model: nn.Module, ranks: _Ranks, device: torch.device
+) -> tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[Any]] | None]:
+    """The model to train (wrapped for the strategy) and its ``no_sync`` context factory."""
+    if ranks.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+        return wrapped, wrapped.no_sync
+    if ranks.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # In place: the module's parameters become DTensors sharded over all ranks.
+        sharded: Any = fully_shard(model)
+
+        @contextlib.contextmanager
+        def no_sync() -> Iterator[None]:
+            sharded.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                sharded.set_requires_gradient_sync(True)
+
+        return sharded, no_sync
+    return model, None
 
 
 @dataclass
@@ -421,6 +530,7 @@ def train(
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    distributed: str | None = None,
 ) -> RunResult:
     """Train one run of ``config`` and return its :class:`RunResult`.
 
@@ -434,6 +544,10 @@ def train(
         quiet: no progress bar and no per-epoch lines.
         log: receives the per-epoch lines instead of stderr.
         on_epoch: called with each epoch's record after it is stored (for sweeps and pruning).
+        distributed: ``"ddp"`` or ``"fsdp"`` to run as one rank of a ``torchrun`` job (see
+            :data:`DISTRIBUTED`; the process group is joined if it is not yet); ``config.batch_size``
+            stays the global batch and must be a multiple of the world size. Every rank returns
+            the same result; only rank 0 writes files.
 
     Returns:
         The result; also written to ``out_dir/result.json`` before returning. A run whose loss
@@ -448,20 +562,40 @@ def train(
             checkpoint is left as it was.
     """
     config.validate()
+    ranks = _Ranks()
+    device = torch.device(config.device)
+    if distributed is not None:
+        if distributed not in DISTRIBUTED:
+            raise ValueError(
+                f"unknown distributed strategy {distributed!r}; valid: {', '.join(DISTRIBUTED)}"
+            )
+        import torch.distributed as dist
+
+        device = init_distributed(config.device)
+        ranks = _Ranks(distributed, dist.get_world_size(), dist.get_rank())
+        if config.batch_size % ranks.world != 0:
+            raise ValueError(
+                f"batch_size ({config.batch_size}) must be a multiple of the world size "
+                f"({ranks.world}): each rank takes batch_size / world_size examples per step"
+            )
     if task is None:
         task = build_task(config.task, config.task_options)
     elif task.name != config.task:
         raise ValueError(f"task {task.name!r} was given for a configuration of {config.task!r}")
-    device = torch.device(config.device)
     train_split, test_split = task.train.to(device), task.test.to(device)
     epoch_steps = steps_per_epoch(len(train_split), config.batch_size)
     total_steps = epoch_steps * config.epochs
     target = config.target if config.target is not None else task.target
-    micro = config.effective_micro_batch_size
+    micro = min(
+        config.batch_size // ranks.world, config.micro_batch_size or DEFAULT_MICRO_BATCH_SIZE
+    )
+    quiet = quiet or not ranks.lead
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _prepare_out_dir(out, resume)
+        # No rank may find the files rank 0 is about to write.
+        ranks.barrier()
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -472,6 +606,7 @@ def train(
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         model = task.build_model().to(device)
+        wrapped, no_sync = _wrap(model, ranks, device)
         optimizer = make_optimizer(config, model)
         scheduler = build_schedule(
             config.schedule,
@@ -485,8 +620,7 @@ def train(
         if resume and checkpoint_path is not None and checkpoint_path.exists():
             payload = load_checkpoint(checkpoint_path, fingerprint=config.fingerprint())
             try:
-                model.load_state_dict(payload["model"])
-                optimizer.load_state_dict(payload["optimizer"])
+                load_model_and_optimizer(payload, checkpoint_path.parent, model, optimizer)
                 scheduler.load_state_dict(payload["scheduler"])
                 progress = _Progress(**payload["progress"])
                 set_rng_state(payload["rng"])
@@ -497,7 +631,7 @@ def train(
                 ) from exc
 
         metrics_log = None
-        if out is not None:
+        if out is not None and ranks.lead:
             write_json_atomic(out / CONFIG_FILE, config.to_dict())
             metrics_log = MetricsLog(
                 out / METRICS_FILE,
@@ -507,7 +641,7 @@ def train(
 
         def finish(status: str, diverged_at: int | None = None) -> RunResult:
             result = _result(config, task, progress, status, target, diverged_at, out, model)
-            if out is not None:
+            if out is not None and ranks.lead:
                 write_json_atomic(out / RESULT_FILE, result.to_dict())
             return result
 
@@ -515,13 +649,15 @@ def train(
             status, diverged_at = _run_epochs(
                 config=config,
                 task=task,
-                model=model,
+                model=wrapped,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 train_split=train_split,
                 test_split=test_split,
                 micro=micro,
                 amp=amp,
+                ranks=ranks,
+                no_sync=no_sync,
                 progress=progress,
                 target=target,
                 checkpoint_path=checkpoint_path,
@@ -552,6 +688,8 @@ def _run_epochs(
     test_split: Split,
     micro: int,
     amp: Callable[[], contextlib.AbstractContextManager[Any]] | None,
+    ranks: _Ranks,
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None,
     progress: _Progress,
     target: float | None,
     checkpoint_path: Path | None,
@@ -560,7 +698,11 @@ def _run_epochs(
     log: Callable[[str], None] | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[str, int | None]:
-    """Train from ``progress.epoch + 1`` to ``config.epochs``; return (status, diverged step)."""
+    """Train from ``progress.epoch + 1`` to ``config.epochs``; return (status, diverged step).
+
+    ``model`` is the wrapped model under DDP/FSDP; only rank 0 has a ``metrics_log`` and writes
+    ``checkpoint_path`` (every rank writes its shards of an FSDP checkpoint).
+    """
     metric = task.metric
     device = next(model.parameters()).device
     for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -571,7 +713,9 @@ def _run_epochs(
         started = time.perf_counter()
         for index in batches.to(device):
             optimizer.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(model, task, train_split, index, micro, amp).item()
+            local = ranks.local(index)
+            loss_t = accumulate_gradients(model, task, train_split, local, micro, amp, no_sync)
+            loss = ranks.mean(loss_t).item()
             lr = scheduler.get_last_lr()[0]
             step_record: dict[str, Any] = {
                 "kind": "step",
@@ -593,7 +737,7 @@ def _run_epochs(
                 return "diverged", progress.step + 1
             if config.clip_grad_norm is not None:
                 norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                step_record["grad_norm"] = norm.item()
+                step_record["grad_norm"] = _full(norm).item()
             optimizer.step()
             scheduler.step()
             progress.step += 1
@@ -612,7 +756,11 @@ def _run_epochs(
         progress.train_seconds += epoch_seconds
 
         eval_started = time.perf_counter()
-        metrics = task.evaluate(model, test_split, batch_size=config.eval_batch_size, autocast=amp)
+        # Every rank evaluates all of the test set: the same metrics everywhere, no reduction.
+        evaluated = _unwrapped(model)
+        metrics = task.evaluate(
+            evaluated, test_split, batch_size=config.eval_batch_size, autocast=amp
+        )
         eval_seconds = time.perf_counter() - eval_started
         if not (_finite(metrics["loss"]) and _finite(metrics[metric])):
             if not quiet:
@@ -642,18 +790,24 @@ def _run_epochs(
             progress.time_to_target = progress.train_seconds
             progress.epochs_to_target = epoch
         if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "fingerprint": config.fingerprint(),
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": get_rng_state(),
-                    "progress": asdict(progress),
-                },
-            )
+            payload = {
+                "fingerprint": config.fingerprint(),
+                "epoch": epoch,
+                "scheduler": scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "progress": asdict(progress),
+            }
+            if ranks.strategy == "fsdp":
+                shards = f"{SHARDED_PREFIX}{epoch}"
+                save_sharded(checkpoint_path.parent / shards, model, optimizer)
+                payload.update(model=None, optimizer=None, sharded=shards)
+            else:
+                payload.update(
+                    model=_unwrapped(model).state_dict(), optimizer=optimizer.state_dict()
+                )
+            if ranks.lead:
+                save_checkpoint(checkpoint_path, payload)
+                remove_stale_shards(checkpoint_path.parent, payload.get("sharded"))
         if metrics_log is not None:
             metrics_log.write(record)
         if not quiet:
@@ -667,6 +821,20 @@ def _run_epochs(
         if on_epoch is not None:
             on_epoch(record)
     return "completed", None
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The user's module inside a DistributedDataParallel wrapper (FSDP2 wraps in place)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _full(t: Tensor) -> Tensor:
+    """A DTensor (e.g. FSDP's gradient norm) as the whole tensor; a plain one as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _result(

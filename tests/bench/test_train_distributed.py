@@ -1,0 +1,105 @@
+"""``valleys train --dist ddp|fsdp`` under torchrun (2 gloo processes) equals one process.
+
+The 2-process runs use the same global batch (64 = 16 per micro-batch × 2 micro-batches × 2 ranks)
+as the 1-process reference (16 per micro-batch × 4 micro-batches), so every optimizer step sees the
+gradient of the same 64 examples; only float rounding (the order of the sums) differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from valleys.bench.tasks import build_task
+from valleys.bench.train import TrainConfig, accumulate_gradients, train
+
+ARGS = ["--task", "digits", "--optimizer", "alto", "--micro-batch-size", "16", "--quiet"]
+CONFIG = TrainConfig(task="digits", optimizer="alto", batch_size=64, micro_batch_size=16, epochs=2)
+RTOL = 1e-4
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "valleys.cli", "train", *ARGS, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def history(run: Path) -> list[dict[str, Any]]:
+    return json.loads((run / "result.json").read_text())["history"]
+
+
+def parameters(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_same_run(got: Path, want: Path) -> None:
+    """Same parameters and same per-epoch metrics, to float tolerance."""
+    for name, value in parameters(want).items():
+        torch.testing.assert_close(parameters(got)[name], value, rtol=RTOL, atol=1e-6, msg=name)
+    for mine, theirs in zip(history(got), history(want), strict=True):
+        for key in ("step", "train_loss", "test_loss", "test_accuracy"):
+            assert mine[key] == pytest.approx(theirs[key], rel=RTOL), key
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    train(CONFIG, out, quiet=True)
+    return out
+
+
+def test_ddp_run_equals_one_process(single: Path, tmp_path: Path) -> None:
+    done = torchrun("--batch-size", "64", "--epochs", "2", "--dist", "ddp", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert_same_run(tmp_path, single)
+    assert done.stdout.count("completed:") == 1, "only rank 0 reports"
+
+
+def test_fsdp_run_resumes_in_one_process(single: Path, tmp_path: Path) -> None:
+    done = torchrun("--batch-size", "64", "--epochs", "1", "--dist", "fsdp", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.glob("checkpoint-shards-*")] == ["checkpoint-shards-1"]
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert history(tmp_path)[0][key] == pytest.approx(history(single)[0][key], rel=RTOL)
+    train(CONFIG, tmp_path, resume=True, quiet=True)
+    assert_same_run(tmp_path, single)
+    assert not list(tmp_path.glob("checkpoint-shards-*")), "a 1-process checkpoint holds it all"
+
+
+def test_batch_that_does_not_divide_is_refused(tmp_path: Path) -> None:
+    done = torchrun("--batch-size", "63", "--epochs", "1", "--dist", "ddp", "--out", str(tmp_path))
+    assert done.returncode != 0
+    assert "batch_size (63) must be a multiple of the world size (2)" in done.stderr
+
+
+def test_accumulation_skips_sync_on_all_but_the_last_micro_batch() -> None:
+    task = build_task("digits", CONFIG.task_options)
+    torch.manual_seed(0)
+    model = task.build_model()
+    entered = []
+
+    @contextlib.contextmanager
+    def no_sync() -> Iterator[None]:
+        entered.append(1)
+        yield
+
+    accumulate_gradients(model, task, task.train, torch.arange(64), 16, no_sync=no_sync)
+    assert len(entered) == 3
+
+
+def test_one_process_run_resumes_under_fsdp(single: Path, tmp_path: Path) -> None:
+    train(dataclasses.replace(CONFIG, epochs=1), tmp_path, quiet=True)
+    done = torchrun("--resume", str(tmp_path), "--epochs", "2", "--dist", "fsdp")
+    assert done.returncode == 0, done.stderr
+    for mine, theirs in zip(history(tmp_path), history(single), strict=True):
+        for key in ("step", "train_loss", "test_loss", "test_accuracy"):
+            assert mine[key] == pytest.approx(theirs[key], rel=RTOL), key
