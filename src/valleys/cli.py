@@ -204,6 +204,11 @@ def _apply(config: Any, given: dict[str, Any]) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.flatness and args.dist == "fsdp":
+        raise ValueError(
+            "--flatness is not available with --dist fsdp: its checkpoint is sharded; use a "
+            "single-process or --dist ddp run"
+        )
     if args.dist is not None:
         return _train_distributed(args)
     return _train_run(args)
@@ -250,7 +255,21 @@ def _train_run(args: argparse.Namespace) -> int:
         f"best test {result.metric} {best} (epoch {result.best_epoch}); final train loss {loss}; "
         f"time to target {reached}; results in {out}"
     )
+    if args.flatness and result.status == "completed":
+        _print_flatness([out])
     return 0 if result.status == "completed" else _EXIT_ERROR
+
+
+def _print_flatness(runs: Sequence[Path]) -> None:
+    from valleys.bench.flatness_run import measure_run
+
+    for run in runs:
+        f = measure_run(run)
+        top = f"{f['top_eigenvalue']:.4g}" if f["top_eigenvalue"] is not None else "not converged"
+        print(
+            f"flatness of {run}: top Hessian eigenvalue {top}, trace {f['hessian_trace']:.4g} "
+            f"± {f['hessian_trace_stderr']:.2g}, distance travelled {f['distance_travelled']:.4g}"
+        )
 
 
 def _train_distributed(args: argparse.Namespace) -> int:
@@ -343,7 +362,13 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"resume with: valleys compare --resume {out}", file=sys.stderr)
         raise
     print(result.table())
-    print(f"\nreport: {result.report} ({result.wall_seconds:.0f} s)")
+    report = result.report
+    if args.flatness:
+        _print_flatness(
+            [Path(r.out_dir) for r in result.results if r.status == "completed" and r.out_dir]
+        )
+        report, _ = rerender(out)
+    print(f"\nreport: {report} ({result.wall_seconds:.0f} s)")
     return 0
 
 
@@ -385,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run in DIR from its last checkpoint (given options override)",
     )
+    train.add_argument(
+        "--flatness",
+        action="store_true",
+        help="then measure the end point's flatness (as valleys flatness; not with --dist fsdp)",
+    )
     train.set_defaults(handler=_train)
 
     compare = commands.add_parser(
@@ -416,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     where = compare.add_mutually_exclusive_group()
     where.add_argument("--out", help="comparison directory (default: runs/compare-<time>)")
     where.add_argument("--resume", metavar="DIR", help="continue the comparison in DIR")
+    compare.add_argument(
+        "--flatness",
+        action="store_true",
+        help="then measure every run's end-point flatness and add it to the report",
+    )
     compare.set_defaults(handler=_compare)
 
     from valleys.bench.flatness_run import add_flatness_parser

@@ -121,3 +121,20 @@ def test_cli_prints_a_table_and_writes_the_profile_plot(
     printed = capsys.readouterr().out
     assert "| alto | 0 |" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_and_compare_can_measure_flatness_at_the_end(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    tiny = ["--task", "digits", "--model", "mlp", "--batch-size", "256", "--epochs", "1", "--quiet"]
+    assert main(["train", *tiny, "--lr", "0.01", "--flatness", "--out", str(tmp_path / "run")]) == 0
+    assert "flatness of" in capsys.readouterr().out
+    assert (tmp_path / "run" / FLATNESS_FILE).is_file()
+
+    compare = ["compare", *tiny, "--optimizers", "alto,lamb", "--lrs", "0.01", "--jobs", "1"]
+    assert main([*compare, "--flatness", "--out", str(tmp_path / "cmp")]) == 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## Flatness of the end points" in report
+    assert report.count("| 0.01 | 0 |") == 2
+
+    capsys.readouterr()
+    assert main(["train", *tiny, "--flatness", "--dist", "fsdp"]) == 1
+    assert "--flatness is not available with --dist fsdp" in capsys.readouterr().err

@@ -471,7 +471,42 @@ def write_report(
                 f"{metric} {best}"
             )
         lines.append("")
+    lines += _flatness_lines(results)
     lines += ["## Context", "", _PAPER_CONTEXT, ""]
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+
+
+def _flatness_lines(results: Sequence[RunResult]) -> list[str]:
+    """A section on the flatness of every run's end point that ``valleys flatness`` measured."""
+    import json
+
+    from .flatness_run import FLATNESS_FILE
+
+    rows = []
+    for run in results:
+        path = Path(run.out_dir) / FLATNESS_FILE if run.out_dir else None
+        if path is None or not path.is_file():
+            continue
+        f = json.loads(path.read_text())
+        top = f"{f['top_eigenvalue']:.4g}" if f["top_eigenvalue"] is not None else "not converged"
+        rows.append(
+            f"| {run.config['optimizer']} | {run.config['lr']:g} | {run.config['seed']} | {top} | "
+            f"{f['hessian_trace']:.4g} ± {f['hessian_trace_stderr']:.2g} | "
+            f"{f['distance_travelled']:.4g} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Flatness of the end points",
+        "",
+        "Measured by `valleys flatness` on a fixed training subset, model in eval mode: the "
+        "dominant Hessian eigenvalue (power iteration), the Hutchinson trace (± standard error) "
+        "and the distance from the run's initialisation.",
+        "",
+        "| optimizer | lr | seed | top eigenvalue | Hessian trace | ‖θ_T − θ_0‖ |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
