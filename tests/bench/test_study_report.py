@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from study_fixtures import tiny_study, write_study
 
-from valleys.bench.study import load_study_config, run_study
+from valleys.bench.study import StudyConfigError, load_study_config, run_study
 from valleys.bench.study_cli import add_report_parser
 from valleys.bench.study_report import load_results, study_location, write_study_report
 
@@ -100,3 +100,27 @@ def test_report_command_takes_a_study_folder(study_dir: Path, capsys: Any) -> No
     args = parser.parse_args(["report", str(study_dir / "empty")])
     assert args.handler(args) == 1
     assert "holds no study (study.json missing)" in capsys.readouterr().err
+
+
+def test_a_study_with_flatness_reports_it_beside_accuracy(tmp_path: Path) -> None:
+    data = tiny_study(
+        "flat",
+        batch_sizes=[64],
+        seeds=[0],
+        flatness=True,
+        optimizers={"alto": {"lr": 0.01}, "lamb": {"lr": 0.01}},
+    )
+    config = load_study_config(write_study(tmp_path / "flat.toml", data))
+    out = tmp_path / "out"
+    run_study(config, out, quiet=True)
+    for unit in load_results(*study_location(out)):
+        (seed,) = unit.best().seeds
+        assert seed.hessian_trace is not None and seed.distance_travelled > 0
+    text = write_study_report(*study_location(out), out).read_text()
+    section = text.split("## Flatness of the end points")[1]
+    assert "| alto | 64 | lr=0.01 |" in section and "| lamb | 64 | lr=0.01 |" in section
+
+
+def test_flatness_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(StudyConfigError, match="flatness must be true or false"):
+        load_study_config(write_study(tmp_path / "bad.toml", tiny_study(flatness="yes")))

@@ -135,6 +135,7 @@ _TOP_KEYS = (
     "training",
     "workers",
     "optimizers",
+    "flatness",
 )
 _BUDGET_KEYS = ("epochs", "target", "objective")
 _WORKER_KEYS = ("heartbeat_interval", "grace_period", "max_retry")
@@ -260,6 +261,7 @@ class StudyConfig:
     heartbeat_interval: int = 10
     grace_period: int = 60
     max_retry: int = 2
+    flatness: bool = False
     quick: bool = False
 
     # --- derived facts -------------------------------------------------------------------------
@@ -734,6 +736,10 @@ def parse_study_config(data: Mapping[str, Any]) -> StudyConfig:
         )
     max_retry = _int(workers.get("max_retry", 2), "workers.max_retry", minimum=0)
 
+    flatness = data.get("flatness", False)
+    if not isinstance(flatness, bool):
+        raise StudyConfigError(f"flatness must be true or false, got {flatness!r}")
+
     optimizers = _parse_optimizers(data["optimizers"], kind, epochs, min(batch_sizes))
     config = StudyConfig(
         name=name,
@@ -753,6 +759,7 @@ def parse_study_config(data: Mapping[str, Any]) -> StudyConfig:
         heartbeat_interval=heartbeat,
         grace_period=grace,
         max_retry=max_retry,
+        flatness=flatness,
     )
     config.plan()
     return config
@@ -1326,6 +1333,18 @@ def _seed_record(result: RunResult, seed: int, resumed: bool, value: float) -> d
     }
 
 
+def _flatness_record(run_dir: Path) -> dict[str, Any]:
+    """The end point's flatness (``valleys flatness``), for studies with ``flatness = true``."""
+    from valleys.bench.flatness_run import measure_run
+
+    measured = measure_run(run_dir)
+    return {
+        "top_eigenvalue": measured["top_eigenvalue"],
+        "hessian_trace": measured["hessian_trace"],
+        "distance_travelled": measured["distance_travelled"],
+    }
+
+
 def _seed_value(config: StudyConfig, result: RunResult) -> float:
     worst = worst_value(config.maximize)
     if result.status == "diverged":
@@ -1397,6 +1416,8 @@ def _run_trial(
                 value = _seed_value(config, result)
                 values.append(value)
                 records.append(_seed_record(result, seed, resumed, value))
+                if config.flatness and result.status == "completed":
+                    records[-1].update(_flatness_record(run_dir))
         except KeyboardInterrupt:
             # Failed and re-queued at once, so a rerun resumes it without waiting for the grace
             # period to expire.

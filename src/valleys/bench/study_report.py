@@ -91,6 +91,9 @@ class SeedResult:
     final_train_loss: float | None
     time_to_target: float | None
     epochs_to_target: int | None
+    top_eigenvalue: float | None = None
+    hessian_trace: float | None = None
+    distance_travelled: float | None = None
 
 
 @dataclass
@@ -183,6 +186,9 @@ def load_results(url: str, name: str) -> list[UnitResult]:
                         final_train_loss=record.get("final_train_loss"),
                         time_to_target=record.get("time_to_target"),
                         epochs_to_target=record.get("epochs_to_target"),
+                        top_eigenvalue=record.get("top_eigenvalue"),
+                        hessian_trace=record.get("hessian_trace"),
+                        distance_travelled=record.get("distance_travelled"),
                     )
                 )
         units.append(
@@ -597,6 +603,7 @@ def write_study_report(
     lines += _batch_lines(units, metric, figures)
     lines += _heatmap_lines(units, metric, figures)
     lines += _time_lines(units, figures)
+    lines += _flatness_lines(units)
     path = out / REPORT_FILE
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
@@ -620,3 +627,44 @@ def study_location(folder: str | os.PathLike[str], storage: str | None = None) -
             f"the storage URL in {path} hides its password ({url}); pass it with --storage"
         )
     return url, data["name"]
+
+
+def _flatness_lines(units: Sequence[UnitResult]) -> list[str]:
+    """Flatness of the best configuration's end points, for studies with ``flatness = true``."""
+    rows = []
+    for unit in units:
+        best = unit.best()
+        if best is None or best.stat("hessian_trace") is None:
+            continue
+        rows.append(
+            [
+                unit.optimizer,
+                _batch_text(unit.batch_size),
+                _params_text(best.params),
+                _show(best.stat("top_eigenvalue")),
+                _show(best.stat("hessian_trace")),
+                _show(best.stat("distance_travelled")),
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "## Flatness of the end points",
+        "",
+        "For each optimizer and batch size, its best configuration's runs, measured as "
+        "`valleys flatness` does (fixed training subset, eval mode; mean ± std over seeds; a top "
+        "eigenvalue counts only where the power iteration converged).",
+        "",
+        *_table(
+            [
+                "optimizer",
+                "batch",
+                "configuration",
+                "top Hessian eigenvalue",
+                "Hessian trace",
+                "‖θ_T − θ_0‖",
+            ],
+            rows,
+        ),
+        "",
+    ]
