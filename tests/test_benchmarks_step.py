@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/step.py --quick``: it runs and writes a complete JSON report."""
+"""Smoke test of ``benchmarks/step.py --quick`` (``valleys bench-step``): it writes a complete JSON report."""
 
 from __future__ import annotations
 
@@ -41,3 +41,23 @@ def test_quick_run_writes_a_report(tmp_path: Path) -> None:
     assert alto["state_to_param_bytes"] == pytest.approx(3.0, rel=1e-3)
     assert alto["time_to_torch_adamw_fused"] > 0
     assert "| alto_loop | ours |" in result.stdout
+
+
+def test_valleys_bench_step_runs_the_same_benchmark(tmp_path: Path) -> None:
+    from valleys.cli import main
+
+    out = tmp_path / "cli.json"
+    assert (
+        main(
+            [
+                "bench-step",
+                "--quick",
+                "--variants",
+                "torch_adamw_fused,alto_loop",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert set(json.loads(out.read_text())["variants"]) == {"torch_adamw_fused", "alto_loop"}

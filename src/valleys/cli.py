@@ -372,6 +372,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_step(args: argparse.Namespace) -> int:
+    from valleys.bench.step_benchmark import main as bench_main
+
+    return bench_main([])
+
+
 def _landscape(args: argparse.Namespace) -> int:
     from valleys.bench.landscape_compare import markdown_table, run_landscapes, write_report
 
@@ -462,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(commands)
     add_flatness_parser(commands)
 
+    bench_step = commands.add_parser(
+        "bench-step",
+        add_help=False,
+        help="optimizer step time, state bytes and peak memory (benchmarks/step.py; --help there)",
+    )
+    # main() hands everything after "bench-step" to the benchmark's own parser; this entry makes
+    # the command show in the help.
+    bench_step.set_defaults(handler=_bench_step)
+
     landscape = commands.add_parser(
         "landscape",
         help="the paper's test functions: trajectories, flatness of the end points",
@@ -498,8 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valleys`` command; return its exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench-step"]:
+        from valleys.bench.step_benchmark import main as bench_main
+
+        return bench_main(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     from valleys.bench.checkpoint import CheckpointError
     from valleys.bench.data import DatasetMissing
 

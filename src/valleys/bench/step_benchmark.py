@@ -1,0 +1,351 @@
+"""Optimizer step benchmark: step time, state bytes and peak extra memory, against every peer.
+
+Every variant gets its own copy of the same parameters and a gradient buffer that is refilled from
+one shared set of random gradients before each step (outside the timed region), so no variant sees
+another's in-place changes (the reference ALTO clips ``p.grad`` in place; the reference E replaces
+it). Steps run interleaved, round by round, on one thread pinned to one core; warm-up steps (which
+create the state and, for the fused variants, compile) are excluded from the median and reported
+separately as ``first_step_s``.
+
+Peak extra memory is the rise of the process's peak resident set size (``VmHWM``) above its
+resident size just before a steady-state step: ``malloc_trim(0)`` first returns freed heap pages
+to the OS and writing ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``, so what the step
+allocates shows up as new resident pages (torch has no CPU allocator statistics). Linux only;
+elsewhere the field is null.
+
+    python benchmarks/step.py --layout 25m --repeats 21 --out benchmarks/results/step-25m.json
+    python benchmarks/step.py --quick --out /tmp/step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from valleys.optim import ALTO, ESGD, EAdamW, Explore, Lamb
+
+BASELINE = "torch_adamw_fused"
+LR = 1e-3
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+def layout_25m(scale: float) -> list[tuple[int, ...]]:
+    """100 tensors of 500×500 (25 M parameters); ``scale`` scales the number of tensors."""
+    return [(500, 500)] * max(1, round(100 * scale))
+
+
+def layout_gpt2(scale: float) -> list[tuple[int, ...]]:
+    """The parameter shapes of GPT-2 small (124 M, tied output embedding); ``scale`` scales the
+    number of transformer blocks (12), the embeddings always stay."""
+    d, vocab, context = 768, 50257, 1024
+    block = [
+        (d,), (d,),  # ln_1
+        (d, 3 * d), (3 * d,),  # attn.c_attn
+        (d, d), (d,),  # attn.c_proj
+        (d,), (d,),  # ln_2
+        (d, 4 * d), (4 * d,),  # mlp.c_fc
+        (4 * d, d), (d,),  # mlp.c_proj
+    ]  # fmt: skip
+    blocks = max(1, round(12 * scale))
+    return [(vocab, d), (context, d), *block * blocks, (d,), (d,)]
+
+
+LAYOUTS: dict[str, Callable[[float], list[tuple[int, ...]]]] = {
+    "25m": layout_25m,
+    "gpt2": layout_gpt2,
+}
+
+
+# ----------------------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    source: str
+    """``torch``, ``peer`` (another package) or ``ours``."""
+    make: Callable[[list[Tensor]], Optimizer]
+
+
+def _pytorch_optimizer_lamb(params: list[Tensor]) -> Optimizer:
+    from pytorch_optimizer import Lamb as PeerLamb
+
+    return PeerLamb(params, lr=LR)
+
+
+def _reference_alto(params: list[Tensor]) -> Optimizer:
+    import ALTO as reference  # e-optimizer-adaptor
+
+    return reference.ALTO(params, lr=LR)
+
+
+def _reference_e_adamw(params: list[Tensor]) -> Optimizer:
+    import E as reference  # e-optimizer-adaptor
+
+    return reference.E(torch.optim.AdamW(params, lr=LR))
+
+
+VARIANTS: list[Variant] = [
+    Variant("torch_adamw_loop", "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=False)),
+    Variant("torch_adamw_foreach", "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=True)),
+    Variant(BASELINE, "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, fused=True)),
+    Variant("pytorch_optimizer_lamb", "peer", _pytorch_optimizer_lamb),
+    Variant("reference_alto", "peer", _reference_alto),
+    Variant("reference_e_adamw", "peer", _reference_e_adamw),
+    Variant("alto_loop", "ours", lambda ps: ALTO(ps, lr=LR, foreach=False)),
+    Variant("alto_foreach", "ours", lambda ps: ALTO(ps, lr=LR, foreach=True)),
+    Variant("alto_fused", "ours", lambda ps: ALTO(ps, lr=LR, fused=True)),
+    Variant(
+        # ALTO clips the global gradient norm by default (as the reference does); AdamW does not.
+        "alto_fused_no_clip",
+        "ours",
+        lambda ps: ALTO(ps, lr=LR, fused=True, max_grad_norm=None),
+    ),
+    Variant("lamb_loop", "ours", lambda ps: Lamb(ps, lr=LR, foreach=False)),
+    Variant("lamb_fused", "ours", lambda ps: Lamb(ps, lr=LR, fused=True)),
+    Variant("eadamw_loop", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=False)),
+    Variant("eadamw_fused", "ours", lambda ps: EAdamW(ps, lr=LR, fused=True)),
+    Variant("esgd_loop", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=False)),
+    Variant("esgd_fused", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, fused=True)),
+    Variant(
+        "explore_adamw_fused", "ours", lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True))
+    ),
+    Variant(
+        # E's own transform compiled too: two passes per tensor around the fused base step.
+        "explore_fused_adamw_fused",
+        "ours",
+        lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True), fused=True),
+    ),
+]
+
+
+# ------------------------------------------------------------------------------------ measurements
+
+
+def _optimizers(opt: Optimizer) -> Iterator[Optimizer]:
+    """``opt`` and the optimizers it wraps (Explore's ``optimizer``, the reference E's ``opt``)."""
+    yield opt
+    for attr in ("optimizer", "opt"):
+        inner = getattr(opt, attr, None)
+        if isinstance(inner, Optimizer) and inner is not opt:
+            yield from _optimizers(inner)
+
+
+def state_bytes(opt: Optimizer) -> int:
+    """Bytes of all tensors in the state of ``opt`` and of the optimizers it wraps, each once."""
+    seen: set[int] = set()
+    total = 0
+    for o in _optimizers(opt):
+        for entries in o.state.values():
+            for value in entries.values():
+                if torch.is_tensor(value) and value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    total += value.numel() * value.element_size()
+    return total
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_extra_bytes(step: Callable[[], Any]) -> int | None:
+    """Peak resident memory during ``step()`` above the resident memory before it (see above)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_bytes("VmRSS:")
+    except OSError:
+        return None
+    step()
+    return max(0, _status_bytes("VmHWM:") - before)
+
+
+class Runner:
+    """One variant's optimizer, parameters and gradient buffers."""
+
+    def __init__(self, variant: Variant, init: list[Tensor], grads: list[Tensor]) -> None:
+        self.variant = variant
+        self.source_grads = grads
+        self.params = [p.clone().requires_grad_() for p in init]
+        self.grad_buffers = [torch.empty_like(g) for g in grads]
+        self.opt = variant.make(self.params)
+
+    def refill_grads(self) -> None:
+        for p, buf, g in zip(self.params, self.grad_buffers, self.source_grads, strict=True):
+            buf.copy_(g)
+            p.grad = buf
+
+    def timed_step(self) -> float:
+        self.refill_grads()
+        start = time.perf_counter()
+        self.opt.step()
+        return time.perf_counter() - start
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def pin_one_core() -> int | None:
+    """Run on one thread on one core (the last allowed one); return the core, if pinning works."""
+    torch.set_num_threads(1)
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+def run(
+    layout: str, scale: float, repeats: int, warmup: int, names: list[str] | None
+) -> dict[str, Any]:
+    core = pin_one_core()
+    shapes = LAYOUTS[layout](scale)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    n_params = sum(p.numel() for p in init)
+    param_bytes = sum(p.numel() * p.element_size() for p in init)
+    chosen = [v for v in VARIANTS if names is None or v.name in names]
+    runners = [Runner(v, init, grads) for v in chosen]
+
+    first: dict[str, float] = {}
+    for runner in runners:
+        first[runner.variant.name] = runner.timed_step()
+        for _ in range(warmup - 1):
+            runner.timed_step()
+    times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
+    for round_ in range(repeats):
+        # Rotate the order each round so that no variant always follows the same neighbour.
+        shift = round_ % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
+            times[runner.variant.name].append(runner.timed_step())
+
+    results: dict[str, dict[str, Any]] = {}
+    for runner in runners:
+        runner.refill_grads()
+        peak = peak_extra_bytes(runner.opt.step)
+        state = state_bytes(runner.opt)
+        results[runner.variant.name] = {
+            "source": runner.variant.source,
+            "median_s": statistics.median(times[runner.variant.name]),
+            "min_s": min(times[runner.variant.name]),
+            "times_s": times[runner.variant.name],
+            "first_step_s": first[runner.variant.name],
+            "state_bytes": state,
+            "state_bytes_per_param": state / n_params,
+            "state_to_param_bytes": state / param_bytes,
+            "peak_extra_bytes": peak,
+            "peak_extra_to_param_bytes": None if peak is None else peak / param_bytes,
+        }
+    if BASELINE in results:
+        base = results[BASELINE]["median_s"]
+        for entry in results.values():
+            entry["time_to_" + BASELINE] = entry["median_s"] / base
+    return {
+        "layout": layout,
+        "scale": scale,
+        "tensors": len(shapes),
+        "params": n_params,
+        "param_bytes": param_bytes,
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "pinned_core": core,
+        "repeats": repeats,
+        "warmup": warmup,
+        "lr": LR,
+        "machine": machine(),
+        "variants": results,
+    }
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The results as a Markdown table, ratios to torch's fused AdamW of the same run."""
+    ratio_key = "time_to_" + BASELINE
+    lines = [
+        f"| variant | source | median step (ms) | × {BASELINE} | fastest step (ms) "
+        "| state bytes / param | peak extra / param bytes | first step (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["variants"].items():
+        ratio = f"{r[ratio_key]:.2f}" if ratio_key in r else "–"
+        peak = (
+            "–"
+            if r["peak_extra_to_param_bytes"] is None
+            else f"{r['peak_extra_to_param_bytes']:.2f}"
+        )
+        lines.append(
+            f"| {name} | {r['source']} | {r['median_s'] * 1e3:.1f} | {ratio} "
+            f"| {r['min_s'] * 1e3:.1f} | {r['state_bytes_per_param']:.2f} | {peak} "
+            f"| {r['first_step_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="valleys bench-step", description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="25m")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the layout's tensors")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    parser.add_argument(
+        "--variants",
+        help="comma-separated names (default: all): " + ", ".join(v.name for v in VARIANTS),
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 tensors, 3 repeats")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scale, args.repeats, args.warmup = min(args.scale, 0.02), 3, 1
+    names = args.variants.split(",") if args.variants else None
+    unknown = set(names or ()) - {v.name for v in VARIANTS}
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if not math.isfinite(args.scale) or args.scale <= 0:
+        parser.error("--scale must be a positive number")
+
+    report = run(args.layout, args.scale, args.repeats, args.warmup, names)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown_table(report))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
