@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from . import _functional as F
 from ._sharding import local, sharded_norms
-from ._validation import check_lr, check_max_grad_norm, check_non_negative
+from ._validation import check_lr, check_max_grad_norm, check_non_negative, check_state_dtype
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -23,8 +23,24 @@ def as_real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
-def zeros_state(p: Tensor) -> Tensor:
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
+def zeros_state(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def state_dtype_for(group: dict[str, Any], p: Tensor) -> torch.dtype | None:
+    """The group's ``state_dtype`` where it differs from a real parameter's dtype (e.g. fp32
+    moments for bf16 parameters); None: state in the parameter's own dtype."""
+    dtype = group.get("state_dtype")
+    if dtype is None or torch.is_complex(p) or dtype == p.dtype:
+        return None
+    return dtype
+
+
+def update_grad(p: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """The gradient the kernels read: in the state's dtype when that differs from the parameter's
+    (a temporary; ``p.grad`` itself is never modified)."""
+    grad = as_real(p.grad)
+    return grad if dtype is None else grad.to(dtype)
 
 
 def step_counter(p: Tensor) -> Tensor:
@@ -49,9 +65,38 @@ class ValleyOptimizer(Optimizer):
         check_lr(group["lr"])
         check_non_negative("weight_decay", group["weight_decay"])
         check_max_grad_norm(group["max_grad_norm"])
+        check_state_dtype(group.get("state_dtype"))
         if group.get("fused") and group.get("foreach"):
             raise ValueError("fused=True and foreach=True cannot be used together; pick one path")
         self._validate_group(group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.load_state_dict``, keeping ``state_dtype`` state in its dtype.
+
+        torch casts every floating state tensor to its parameter's dtype on load, which would turn
+        the fp32 moments of bf16 parameters into bf16 ones; they are restored from the saved
+        tensors here.
+        """
+        super().load_state_dict(state_dict)
+        # Saved groups name their parameters by index or, from torch.distributed.checkpoint, by
+        # name; torch pairs them with the current ones by position, and so does this.
+        owners = {
+            saved: (group, p)
+            for saved_group, group in zip(
+                state_dict["param_groups"], self.param_groups, strict=True
+            )
+            for saved, p in zip(saved_group["params"], group["params"], strict=True)
+        }
+        for key, entries in state_dict["state"].items():
+            if key not in owners:
+                continue
+            group, p = owners[key]
+            dtype = state_dtype_for(group, p)
+            if dtype is None:
+                continue
+            for name, value in entries.items():
+                if name != "step" and torch.is_tensor(value) and value.is_floating_point():
+                    self.state[p][name] = value.to(device=p.device, dtype=dtype, copy=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
@@ -53,3 +54,13 @@ def check_max_grad_norm(value: float | None) -> None:
         return
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0.0):
         raise ValueError(f"Invalid max_grad_norm: {value!r}; expected a number > 0, or None")
+
+
+def check_state_dtype(value: torch.dtype | None) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise ValueError(
+            f"Invalid state_dtype: {value!r}; expected None (the parameter's dtype) or a floating "
+            "dtype such as torch.float32"
+        )

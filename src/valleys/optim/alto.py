@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_paths, step_counter, zeros_state
+from ._base import (
+    Params,
+    ValleyOptimizer,
+    as_real,
+    resolve_paths,
+    state_dtype_for,
+    step_counter,
+    update_grad,
+    zeros_state,
+)
 from ._sharding import sharded_norms
 from ._validation import check_alpha, check_betas, check_non_negative
 
@@ -42,10 +52,14 @@ _SHARED_DOC = r"""
             None means False. A group of FSDP2 (DTensor) parameters with the trust ratio on
             always runs the multi-tensor kernel: its norms of all tensors come before any update,
             so one all-reduce serves them all (see :mod:`valleys.optim._sharding`).
+        state_dtype: dtype of the state tensors where it differs from a (real) parameter's, e.g.
+            ``torch.float32`` moments for bf16 parameters: the update is computed in it and
+            rounded once into the parameter. None: the parameter's dtype.
 
     The per-group keys ``lr``, ``betas``, ``eps``, ``weight_decay``, ``eps2``, ``eps3``,
-    ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize``, ``foreach`` and
-    ``fused`` may differ between groups and are saved in ``state_dict``. State per parameter:
+    ``bias_correction``, ``trust_ratio``, ``max_grad_norm``, ``maximize``, ``foreach``,
+    ``fused`` and ``state_dtype`` may differ between groups and are saved in ``state_dict``.
+    State per parameter:
     ``step`` (a float32 0-d tensor on the parameter's device), ``exp_avg``, ``exp_avg_sq``"""
 
 
@@ -77,15 +91,16 @@ class _LayerwiseAdaptive(ValleyOptimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
+            dtype = state_dtype_for(group, p)
             if not state:
                 state["step"] = step_counter(p)
-                state["exp_avg"] = zeros_state(p)
-                state["exp_avg_sq"] = zeros_state(p)
+                state["exp_avg"] = zeros_state(p, dtype)
+                state["exp_avg_sq"] = zeros_state(p, dtype)
             if alpha != 0 and "grad_ema" not in state:
-                state["grad_ema"] = zeros_state(p)
+                state["grad_ema"] = zeros_state(p, dtype)
             owned.append(p)
             params.append(as_real(p))
-            grads.append(as_real(p.grad))
+            grads.append(update_grad(p, dtype))
             exp_avgs.append(as_real(state["exp_avg"]))
             exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
             steps.append(state["step"])
@@ -163,6 +178,7 @@ class ALTO(_LayerwiseAdaptive):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -178,6 +194,7 @@ class ALTO(_LayerwiseAdaptive):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 
@@ -225,6 +242,7 @@ class Lamb(_LayerwiseAdaptive):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -239,6 +257,7 @@ class Lamb(_LayerwiseAdaptive):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_paths, step_counter, zeros_state
+from ._base import (
+    Params,
+    ValleyOptimizer,
+    as_real,
+    resolve_paths,
+    state_dtype_for,
+    step_counter,
+    update_grad,
+    zeros_state,
+)
 from ._validation import check_alpha, check_betas, check_non_negative
 
 __all__ = ["EAdam", "EAdamW"]
@@ -55,6 +65,7 @@ class EAdam(ValleyOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -66,6 +77,7 @@ class EAdam(ValleyOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 
@@ -87,14 +99,15 @@ class EAdam(ValleyOptimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
+            dtype = state_dtype_for(group, p)
             if not state:
                 state["step"] = step_counter(p)
-                state["exp_avg"] = zeros_state(p)
-                state["exp_avg_sq"] = zeros_state(p)
+                state["exp_avg"] = zeros_state(p, dtype)
+                state["exp_avg_sq"] = zeros_state(p, dtype)
             if alpha != 0 and "grad_ema" not in state:
-                state["grad_ema"] = zeros_state(p)
+                state["grad_ema"] = zeros_state(p, dtype)
             params.append(as_real(p))
-            grads.append(as_real(p.grad))
+            grads.append(update_grad(p, dtype))
             exp_avgs.append(as_real(state["exp_avg"]))
             exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
             steps.append(state["step"])
@@ -149,6 +162,7 @@ class EAdamW(EAdam):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -161,4 +175,5 @@ class EAdamW(EAdam):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )

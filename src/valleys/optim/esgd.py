@@ -8,7 +8,15 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import Params, ValleyOptimizer, as_real, resolve_paths, zeros_state
+from ._base import (
+    Params,
+    ValleyOptimizer,
+    as_real,
+    resolve_paths,
+    state_dtype_for,
+    update_grad,
+    zeros_state,
+)
 from ._sharding import as_dtensor_like
 from ._validation import check_alpha, check_beta
 
@@ -60,6 +68,7 @@ class ESGD(ValleyOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -73,6 +82,7 @@ class ESGD(ValleyOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults)
 
@@ -99,10 +109,11 @@ class ESGD(ValleyOptimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
+            dtype = state_dtype_for(group, p)
             if alpha != 0 and "grad_ema" not in state:
-                state["grad_ema"] = zeros_state(p)
+                state["grad_ema"] = zeros_state(p, dtype)
             params.append(as_real(p))
-            grads.append(as_real(p.grad))
+            grads.append(update_grad(p, dtype))
             buf = state.get("momentum_buffer")
             buffers.append(None if buf is None else as_real(buf))
             owners.append(state)
