@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,73 @@ def test_train_and_compare_can_measure_flatness_at_the_end(tmp_path: Path, capsy
     capsys.readouterr()
     assert main(["train", *tiny, "--flatness", "--dist", "fsdp"]) == 1
     assert "--flatness is not available with --dist fsdp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["text_classifier", "gpt2_lm"])
+def test_hvps_through_the_text_and_lm_models_are_exact(kind: str) -> None:
+    """Hessian-vector products through transformers' BERT and GPT-2 (eval mode, no dropout) match
+    central differences of the gradient; this needs the math attention kernel (flash attention has
+    no double backward), which flatness selects itself."""
+    from valleys.bench.flatness import hvp, top_hessian_eigenvalue
+    from valleys.bench.models import gpt2_lm, text_classifier
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 30, (4, 12))
+    if kind == "text_classifier":
+        model = text_classifier(30, 3, max_length=12, hidden_size=16, layers=1, heads=2).double()
+        labels = torch.tensor([0, 1, 2, 1])
+
+        def loss() -> torch.Tensor:
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            return torch.nn.functional.cross_entropy(logits, labels)
+    else:
+        model = gpt2_lm(30, context=12, n_embd=16, n_layer=1, n_head=2).double()
+
+        def loss() -> torch.Tensor:
+            logits = model(input_ids=ids).logits[:, :-1]
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(1)
+    vector = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    product = hvp(loss, params, vector)
+
+    def gradient_at(sign: float) -> list[torch.Tensor]:
+        with torch.no_grad():
+            for p, v in zip(params, vector, strict=True):
+                p.add_(v, alpha=sign * 1e-5)
+        grads = torch.autograd.grad(loss(), params)
+        with torch.no_grad():
+            for p, v in zip(params, vector, strict=True):
+                p.sub_(v, alpha=sign * 1e-5)
+        return list(grads)
+
+    plus, minus = gradient_at(1.0), gradient_at(-1.0)
+    scale = max(float(h.abs().max()) for h in product)
+    for h, gp, gm in zip(product, plus, minus, strict=True):
+        # Central differences in float64 with step 1e-5 are good to ~1e-8 of the largest entry.
+        torch.testing.assert_close(h, (gp - gm) / 2e-5, rtol=1e-4, atol=1e-6 * scale)
+    top = top_hessian_eigenvalue(loss, params, iters=50, tol=1e-3)
+    assert math.isfinite(top.value) and math.isfinite(top.residual)
+    if top.converged:
+        assert top.residual <= 1e-3 * abs(top.value)
+
+
+def test_flatness_of_a_language_model_run(tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text(
+        "It is a truth universally acknowledged, that a single man in possession. " * 40
+    )
+    config = TrainConfig(
+        task="text-lm",
+        optimizer="alto",
+        lr=1e-2,
+        batch_size=32,
+        epochs=1,
+        task_options=TaskOptions(data_file=str(text), context=16),
+    )
+    train(config, tmp_path / "lm", quiet=True)
+    result = measure_run(tmp_path / "lm", SMALL)
+    assert result["task"] == "text-lm" and math.isfinite(result["hessian_trace"])
+    assert result["distance_travelled"] > 0

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "EigenResult",
@@ -138,7 +139,9 @@ class _Hessian:
         frozen = [i for i, p in enumerate(self.params) if not p.requires_grad]
         if frozen:
             raise ValueError(f"params {frozen} do not require grad; the Hessian needs them to")
-        with torch.enable_grad():
+        # Fused attention kernels (flash, memory-efficient) have no double backward; the math
+        # implementation of scaled_dot_product_attention does, so the graph is built with it.
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             loss = loss_fn()
             if loss.ndim != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
