@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +47,23 @@ def update_grad(p: Tensor, dtype: torch.dtype | None) -> Tensor:
 def step_counter(p: Tensor) -> Tensor:
     """A float32 step counter on the parameter's device, so that no step reads it on the host."""
     return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
+@dataclass
+class MomentTensors:
+    """One group's tensors for the Adam-style kernels (ALTO, Lamb, EAdam): real views, in order.
+
+    ``owned`` are the parameters themselves (DTensors stay DTensors there, for sharded norms);
+    ``emas`` is None when E is off for the group (α = 0).
+    """
+
+    owned: list[Tensor] = field(default_factory=list)
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    exp_avgs: list[Tensor] = field(default_factory=list)
+    exp_avg_sqs: list[Tensor] = field(default_factory=list)
+    emas: list[Tensor] | None = None
+    steps: list[Tensor] = field(default_factory=list)
 
 
 class ValleyOptimizer(Optimizer):
@@ -106,6 +124,31 @@ class ValleyOptimizer(Optimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _moment_tensors(self, group: dict[str, Any], explores: bool) -> MomentTensors:
+        """Create the state of ``group``'s parameters with gradients where it is missing (``step``,
+        ``exp_avg``, ``exp_avg_sq``, and ``grad_ema`` while E is on) and collect it."""
+        tensors = MomentTensors(emas=[] if explores else None)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            dtype = state_dtype_for(group, p)
+            if not state:
+                state["step"] = step_counter(p)
+                state["exp_avg"] = zeros_state(p, dtype)
+                state["exp_avg_sq"] = zeros_state(p, dtype)
+            tensors.owned.append(p)
+            tensors.params.append(as_real(p))
+            tensors.grads.append(update_grad(p, dtype))
+            tensors.exp_avgs.append(as_real(state["exp_avg"]))
+            tensors.exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
+            tensors.steps.append(state["step"])
+            if tensors.emas is not None:
+                if "grad_ema" not in state:
+                    state["grad_ema"] = zeros_state(p, dtype)
+                tensors.emas.append(as_real(state["grad_ema"]))
+        return tensors
 
     def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
         raise NotImplementedError

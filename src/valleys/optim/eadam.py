@@ -11,12 +11,7 @@ from . import _functional as F
 from ._base import (
     Params,
     ValleyOptimizer,
-    as_real,
     resolve_paths,
-    state_dtype_for,
-    step_counter,
-    update_grad,
-    zeros_state,
 )
 from ._validation import check_alpha, check_betas, check_non_negative
 
@@ -89,40 +84,17 @@ class EAdam(ValleyOptimizer):
     def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
         beta1, beta2, beta3 = group["betas"]
         alpha = group["alpha"]
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        exp_avgs: list[Tensor] = []
-        exp_avg_sqs: list[Tensor] = []
-        emas: list[Tensor] = []
-        steps: list[Tensor] = []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            dtype = state_dtype_for(group, p)
-            if not state:
-                state["step"] = step_counter(p)
-                state["exp_avg"] = zeros_state(p, dtype)
-                state["exp_avg_sq"] = zeros_state(p, dtype)
-            if alpha != 0 and "grad_ema" not in state:
-                state["grad_ema"] = zeros_state(p, dtype)
-            params.append(as_real(p))
-            grads.append(update_grad(p, dtype))
-            exp_avgs.append(as_real(state["exp_avg"]))
-            exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
-            steps.append(state["step"])
-            if alpha != 0:
-                emas.append(as_real(state["grad_ema"]))
-        if not params:
+        t = self._moment_tensors(group, explores=alpha != 0)
+        if not t.params:
             return
-        foreach, fused = resolve_paths(group, params)
+        foreach, fused = resolve_paths(group, t.params)
         F.eadam(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            emas if alpha != 0 else None,
-            steps,
+            t.params,
+            t.grads,
+            t.exp_avgs,
+            t.exp_avg_sqs,
+            t.emas,
+            t.steps,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
