@@ -53,6 +53,12 @@ def test_measures_the_end_point_and_stores_it(run_dir: Path) -> None:
         result["train_loss_on_subset"], rel=1e-5
     )
     assert result["hessian_trace"] > 0
+    low, high = result["lanczos_min_eigenvalue"], result["lanczos_max_eigenvalue"]
+    if high is not None and result["top_eigenvalue_converged"] and result["top_eigenvalue"] > 0:
+        # Both methods find the largest eigenvalue when it dominates in magnitude.
+        assert high == pytest.approx(result["top_eigenvalue"], rel=1e-2)
+    if low is not None and high is not None:
+        assert low <= high
     if result["top_eigenvalue_converged"]:
         assert result["top_eigenvalue"] == result["top_eigenvalue_estimate"] > 0
     else:

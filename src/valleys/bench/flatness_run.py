@@ -5,6 +5,8 @@ this measures, on a fixed subset of the *training* data with the model in eval m
 
 - the Hessian's dominant eigenvalue by power iteration on Hessian-vector products, with a flag
   saying whether it converged (a non-converged estimate is reported as such, not as a number);
+- the smallest and largest Hessian eigenvalues by Lanczos (negative curvature shows in the smallest),
+  each reported only if it converged;
 - the Hessian trace by Hutchinson's estimator (mean ± standard error);
 - the training loss along a random filter-normalised direction (Li et al., 2018), α ∈ [−1, 1];
 - the distance travelled ‖θ_T − θ_0‖, with θ_0 rebuilt from the run's seed exactly as training
@@ -32,6 +34,7 @@ from .flatness import (
     distance_travelled,
     filter_normalized_direction,
     hutchinson_trace,
+    lanczos_extreme_eigenvalues,
     loss_profile_1d,
     top_hessian_eigenvalue,
 )
@@ -61,12 +64,14 @@ class FlatnessSettings:
         tol: float = 1e-3,
         trace_samples: int = 30,
         profile_points: int = 21,
+        lanczos_steps: int = 40,
         seed: int = 0,
     ) -> None:
         for name, value in (
             ("examples", examples),
             ("batch_size", batch_size),
             ("power_iters", power_iters),
+            ("lanczos_steps", lanczos_steps),
             ("trace_samples", trace_samples),
             ("profile_points", profile_points),
         ):
@@ -80,6 +85,7 @@ class FlatnessSettings:
         self.tol = tol
         self.trace_samples = trace_samples
         self.profile_points = profile_points
+        self.lanczos_steps = lanczos_steps
         self.seed = seed
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +152,11 @@ def measure_run(run_dir: str | Path, settings: FlatnessSettings | None = None) -
     eigen = top_hessian_eigenvalue(
         loss_fn, params, iters=settings.power_iters, tol=settings.tol, seed=settings.seed
     )
+    # Lanczos gives both ends of the spectrum; where power iteration stalls between dominant
+    # eigenvalues of both signs it often still converges.
+    extremes = lanczos_extreme_eigenvalues(
+        loss_fn, params, k=settings.lanczos_steps, tol=settings.tol, seed=settings.seed
+    )
     trace = hutchinson_trace(loss_fn, params, samples=settings.trace_samples, seed=settings.seed)
     direction = filter_normalized_direction(model, seed=settings.seed)
     alphas = torch.linspace(-1.0, 1.0, settings.profile_points, dtype=torch.float64)
@@ -164,6 +175,8 @@ def measure_run(run_dir: str | Path, settings: FlatnessSettings | None = None) -
         "top_eigenvalue_converged": eigen.converged,
         "top_eigenvalue_residual": eigen.residual,
         "power_iterations": eigen.iterations,
+        "lanczos_max_eigenvalue": extremes.max.value if extremes.max.converged else None,
+        "lanczos_min_eigenvalue": extremes.min.value if extremes.min.converged else None,
         "hessian_trace": trace.mean,
         "hessian_trace_stderr": trace.stderr,
         "distance_travelled": distance_travelled(initial.parameters(), model.parameters()),
@@ -218,6 +231,7 @@ def add_flatness_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tol", type=float, default=defaults.tol, help="power iteration tolerance")
     parser.add_argument("--trace-samples", type=int, default=defaults.trace_samples)
     parser.add_argument("--profile-points", type=int, default=defaults.profile_points)
+    parser.add_argument("--lanczos-steps", type=int, default=defaults.lanczos_steps)
     parser.add_argument("--plot", help="PNG of the loss profiles of all runs")
     parser.set_defaults(handler=_flatness_command)
     return parser
@@ -234,15 +248,21 @@ def _flatness_command(args: argparse.Namespace) -> int:
         tol=args.tol,
         trace_samples=args.trace_samples,
         profile_points=args.profile_points,
+        lanczos_steps=args.lanczos_steps,
     )
     results = [measure_run(run, settings) for run in args.runs]
-    print("| optimizer | seed | batch | top eigenvalue | trace (± se) | distance | loss | run |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| optimizer | seed | batch | top eigenvalue | Lanczos min … max | trace (± se) | distance "
+        "| loss | run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         trace = f"{r['hessian_trace']:.4g} ± {r['hessian_trace_stderr']:.2g}"
+        extremes = f"{_cell(r['lanczos_min_eigenvalue'])} … {_cell(r['lanczos_max_eigenvalue'])}"
         print(
             f"| {r['optimizer']} | {r['seed']} | {r['batch_size']} | {_cell(r['top_eigenvalue'])} | "
-            f"{trace} | {r['distance_travelled']:.4g} | {r['train_loss_on_subset']:.4g} | {r['run']} |"
+            f"{extremes} | {trace} | {r['distance_travelled']:.4g} | "
+            f"{r['train_loss_on_subset']:.4g} | {r['run']} |"
         )
     if args.plot:
         print(f"\nprofiles: {plot_profiles(results, Path(args.plot))}")
