@@ -23,6 +23,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,44 +53,33 @@ __all__ = [
 FLATNESS_FILE = "flatness.json"
 
 
+@dataclass(frozen=True)
 class FlatnessSettings:
     """What a measurement uses; stored beside its numbers."""
 
-    def __init__(
-        self,
-        *,
-        examples: int = 2048,
-        batch_size: int = 1024,
-        power_iters: int = 100,
-        tol: float = 1e-3,
-        trace_samples: int = 30,
-        profile_points: int = 21,
-        lanczos_steps: int = 40,
-        seed: int = 0,
-    ) -> None:
-        for name, value in (
-            ("examples", examples),
-            ("batch_size", batch_size),
-            ("power_iters", power_iters),
-            ("lanczos_steps", lanczos_steps),
-            ("trace_samples", trace_samples),
-            ("profile_points", profile_points),
-        ):
-            if not isinstance(value, int) or value < (2 if name == "trace_samples" else 1):
-                raise ValueError(f"Invalid {name}: {value!r}; expected a positive integer")
-        if not (math.isfinite(tol) and tol > 0):
-            raise ValueError(f"Invalid tol: {tol!r}; expected a number > 0")
-        self.examples = examples
-        self.batch_size = batch_size
-        self.power_iters = power_iters
-        self.tol = tol
-        self.trace_samples = trace_samples
-        self.profile_points = profile_points
-        self.lanczos_steps = lanczos_steps
-        self.seed = seed
+    examples: int = 2048
+    batch_size: int = 1024
+    power_iters: int = 100
+    tol: float = 1e-3
+    trace_samples: int = 30
+    profile_points: int = 21
+    lanczos_steps: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "batch_size", "power_iters", "lanczos_steps", "profile_points"):
+            _require_count(name, getattr(self, name), minimum=1)
+        _require_count("trace_samples", self.trace_samples, minimum=2)
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"Invalid tol: {self.tol!r}; expected a number > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return asdict(self)
+
+
+def _require_count(name: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r}; expected an integer >= {minimum}")
 
 
 def _load_run(run_dir: Path) -> tuple[TrainConfig, Task, nn.Module, nn.Module]:

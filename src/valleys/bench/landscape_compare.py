@@ -13,18 +13,17 @@ explores on its own); Lamb and ALTO without weight decay. E keeps the paper's la
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from ..optim import available_optimizers, create_optimizer
+from .checkpoint import write_json_atomic
 from .landscape import FUNCTIONS, Trajectory, plot_trajectories, run_trajectory, summarize
 
 __all__ = [
@@ -232,7 +231,7 @@ def write_report(result: LandscapeResult, out_dir: Path) -> dict[str, Path]:
         "descriptions": {f: FUNCTIONS[f].description for f in result.summaries},
         "rule": __doc__,
     }
-    paths["json"].write_text(json.dumps(payload, indent=1, default=_json_default))
+    write_json_atomic(paths["json"], payload)
     plot_trajectories(result.trajectories, paths["png"])
     lines = [
         "# valleys landscape",
@@ -250,10 +249,3 @@ def write_report(result: LandscapeResult, out_dir: Path) -> dict[str, Path]:
     paths["markdown"].write_text("\n".join(lines) + "\n")
     return paths
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
