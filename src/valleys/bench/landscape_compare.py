@@ -248,4 +248,3 @@ def write_report(result: LandscapeResult, out_dir: Path) -> dict[str, Path]:
     lines += [f"- **{f}**: {FUNCTIONS[f].description}" for f in result.summaries]
     paths["markdown"].write_text("\n".join(lines) + "\n")
     return paths
-
