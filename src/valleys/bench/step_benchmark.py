@@ -119,10 +119,13 @@ VARIANTS: list[Variant] = [
         lambda ps: ALTO(ps, lr=LR, fused=True, max_grad_norm=None),
     ),
     Variant("lamb_loop", "ours", lambda ps: Lamb(ps, lr=LR, foreach=False)),
+    Variant("lamb_foreach", "ours", lambda ps: Lamb(ps, lr=LR, foreach=True)),
     Variant("lamb_fused", "ours", lambda ps: Lamb(ps, lr=LR, fused=True)),
     Variant("eadamw_loop", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=False)),
+    Variant("eadamw_foreach", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=True)),
     Variant("eadamw_fused", "ours", lambda ps: EAdamW(ps, lr=LR, fused=True)),
     Variant("esgd_loop", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=False)),
+    Variant("esgd_foreach", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=True)),
     Variant("esgd_fused", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, fused=True)),
     Variant(
         "explore_adamw_fused", "ours", lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True))

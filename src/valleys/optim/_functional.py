@@ -75,8 +75,21 @@ def _explore_single(grad: Tensor, ema: Tensor, alpha: float, beta: float) -> Ten
 
 
 def _explore_multi(
-    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float
+    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float, owned: bool = False
 ) -> list[Tensor]:
+    r""":math:`\hat g` for each gradient, advancing each EMA; one list of temporaries at most.
+
+    ``owned``: the gradients are this step's own temporaries (clipped or negated copies), and
+    :math:`\hat g` is computed in them. The raw gradient is then gone once :math:`d = g - e_{k-1}`
+    is formed, so :math:`\hat g = g + \alpha(1-\beta) d` is evaluated as the equal
+    :math:`e_k + (\beta + \alpha(1-\beta)) d` (since :math:`g = e_k + \beta d`).
+    """
+    if owned:
+        torch._foreach_sub_(grads, emas)
+        torch._foreach_add_(emas, grads, alpha=1 - beta)
+        torch._foreach_mul_(grads, beta + alpha * (1 - beta))
+        torch._foreach_add_(grads, emas)
+        return grads
     diffs = torch._foreach_sub(grads, emas)
     torch._foreach_add_(emas, diffs, alpha=1 - beta)
     torch._foreach_mul_(diffs, alpha * (1 - beta))
@@ -217,31 +230,21 @@ def _multi_tensor_alto(
         m = [exp_avgs[i] for i in idx]
         v = [exp_avg_sqs[i] for i in idx]
         s = [steps[i] for i in idx]
-        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         if grad_emas is not None:
-            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1)
+            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
         torch._foreach_add_(s, 1)
 
         torch._foreach_lerp_(m, g, 1 - beta2)
         torch._foreach_mul_(v, beta3)
         torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+        del g  # frees ĝ before the update's temporary is allocated
 
         dtype = _opmath(key[1])
-        if bias_correction:
-            steps_t = [x.to(dtype) for x in s]
-            bc2 = torch._foreach_pow(beta2, steps_t)
-            bc3 = torch._foreach_pow(beta3, steps_t)
-            for bc in (bc2, bc3):
-                torch._foreach_neg_(bc)
-                torch._foreach_add_(bc, 1)
-            denom = torch._foreach_div(v, bc3)
-            update = torch._foreach_div(m, bc2)
-        else:
-            denom = torch._foreach_mul(v, 1.0)
-            update = torch._foreach_mul(m, 1.0)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_div_(update, denom)
+        update = _adam_update_multi(
+            m, v, s, beta2=beta2, beta3=beta3, eps=eps, bias_correction=bias_correction,
+            dtype=dtype,
+        )  # fmt: skip
         if weight_decay != 0:
             torch._foreach_add_(update, p, alpha=weight_decay)
         if trust_ratio:
@@ -405,32 +408,27 @@ def _multi_tensor_eadam(
         m = [exp_avgs[i] for i in idx]
         v = [exp_avg_sqs[i] for i in idx]
         s = [steps[i] for i in idx]
-        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         torch._foreach_add_(s, 1)
         if weight_decay != 0:
             if decoupled_weight_decay:
                 torch._foreach_mul_(p, 1 - lr * weight_decay)
+            elif owned:
+                torch._foreach_add_(g, p, alpha=weight_decay)
             else:
-                g = torch._foreach_add(g, p, alpha=weight_decay)
+                g, owned = torch._foreach_add(g, p, alpha=weight_decay), True
         if grad_emas is not None:
-            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1)
+            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
 
         torch._foreach_lerp_(m, g, 1 - beta2)
         torch._foreach_mul_(v, beta3)
         torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+        del g  # frees ĝ before the update's temporary is allocated
 
-        steps_t = [x.to(_opmath(key[1])) for x in s]
-        bc2 = torch._foreach_pow(beta2, steps_t)
-        bc3 = torch._foreach_pow(beta3, steps_t)
-        for bc in (bc2, bc3):
-            torch._foreach_neg_(bc)
-            torch._foreach_add_(bc, 1)
-        torch._foreach_sqrt_(bc3)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc3)
-        torch._foreach_add_(denom, eps)
-        update = torch._foreach_div(m, bc2)
-        torch._foreach_div_(update, denom)
+        update = _adam_update_multi(
+            m, v, s, beta2=beta2, beta3=beta3, eps=eps, bias_correction=True,
+            dtype=_opmath(key[1]),
+        )  # fmt: skip
         if isinstance(lr, Tensor):
             torch._foreach_mul_(update, lr)
             torch._foreach_sub_(p, update)
@@ -549,11 +547,14 @@ def _multi_tensor_esgd(
 ) -> None:
     for _, idx in _group_by_device_and_dtype(params).items():
         p = [params[i] for i in idx]
-        g = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
+        g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         if weight_decay != 0:
-            g = torch._foreach_add(g, p, alpha=weight_decay)
+            if owned:
+                torch._foreach_add_(g, p, alpha=weight_decay)
+            else:
+                g, owned = torch._foreach_add(g, p, alpha=weight_decay), True
         if grad_emas is not None:
-            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta)
+            g, owned = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned), True
         if momentum != 0:
             bufs: list[Tensor] = []
             for j, i in enumerate(idx):
@@ -564,9 +565,18 @@ def _multi_tensor_esgd(
                 else:
                     buf.mul_(momentum).add_(g[j], alpha=1 - dampening)
                 bufs.append(buf)
-            g = torch._foreach_add(g, bufs, alpha=momentum) if nesterov else bufs
+            if not nesterov:
+                g, owned = bufs, False
+            elif owned:
+                torch._foreach_add_(g, bufs, alpha=momentum)
+            else:
+                g, owned = torch._foreach_add(g, bufs, alpha=momentum), True
         if isinstance(lr, Tensor):
-            torch._foreach_sub_(p, torch._foreach_mul(g, lr))
+            if owned:
+                torch._foreach_mul_(g, lr)
+            else:
+                g = torch._foreach_mul(g, lr)
+            torch._foreach_sub_(p, g)
         else:
             torch._foreach_add_(p, g, alpha=-lr)
 
@@ -643,12 +653,50 @@ def _pick_kernel(name: str, foreach: bool, fused: bool) -> Callable[..., None]:
     }[name]
 
 
-def _scaled_multi(grads: list[Tensor], grad_scale: Tensor | None, maximize: bool) -> list[Tensor]:
+def _scaled_multi(
+    grads: list[Tensor], grad_scale: Tensor | None, maximize: bool
+) -> tuple[list[Tensor], bool]:
+    """The gradients the update uses (see :func:`_scaled`), and whether they are new temporaries
+    that the rest of the step may overwrite (the user's gradients never are)."""
     if grad_scale is not None:
-        return torch._foreach_mul(grads, -grad_scale if maximize else grad_scale)
+        return torch._foreach_mul(grads, -grad_scale if maximize else grad_scale), True
     if maximize:
-        return torch._foreach_neg(grads)
-    return grads
+        return torch._foreach_neg(grads), True
+    return grads, False
+
+
+def _adam_update_multi(
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    bias_correction: bool,
+    dtype: torch.dtype,
+) -> list[Tensor]:
+    r""":math:`\hat m / (\sqrt{\hat v} + \epsilon)` as one new list of tensors: the denominator is
+    built in it and turned into the quotient in place (:math:`m \cdot (1/d)`), so that the step
+    holds one temporary of the parameters' size here rather than two."""
+    if bias_correction:
+        steps_t = [x.to(dtype) for x in steps]
+        bc2 = torch._foreach_pow(beta2, steps_t)
+        bc3 = torch._foreach_pow(beta3, steps_t)
+        for bc in (bc2, bc3):
+            torch._foreach_neg_(bc)
+            torch._foreach_add_(bc, 1)
+        torch._foreach_sqrt_(bc3)
+        update = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(update, bc3)
+    else:
+        update = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(update, eps)
+    torch._foreach_reciprocal_(update)
+    torch._foreach_mul_(update, exp_avgs)
+    if bias_correction:
+        torch._foreach_div_(update, bc2)
+    return update
 
 
 def _group_by_device_and_dtype(
