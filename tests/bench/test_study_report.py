@@ -69,6 +69,21 @@ def test_report_renders_every_shape_from_the_storage(study_dir: Path) -> None:
     assert "| ALTO − Lamb |" in text
 
 
+def test_report_lists_every_configuration_best_first(study_dir: Path) -> None:
+    url, name = study_location(study_dir)
+    text = write_study_report(url, name, study_dir / "report").read_text()
+    section = text.split("## Every configuration", 1)[1]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| alto | 32 |")]
+    # Four (β1, α) points at batch 32, ranked 1..4 by mean best accuracy.
+    assert [row[2] for row in rows] == ["1", "2", "3", "4"]
+    accuracies = [float(row[4].split(" ± ")[0]) for row in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    # Lamb's diverging lr is listed, last, with its diverged seeds counted.
+    lamb = [line for line in section.splitlines() if line.startswith("| lamb | 32 |")]
+    assert len(lamb) == 2
+    assert "lr=1e+12" in lamb[1] and "(2 diverged)" in lamb[1]
+
+
 def test_results_group_seeds_and_count_divergence(study_dir: Path) -> None:
     units = {(u.optimizer, u.batch_size): u for u in load_results(*study_location(study_dir))}
     assert sorted(units) == [("alto", 32), ("alto", 64), ("lamb", 32), ("lamb", 64)]
