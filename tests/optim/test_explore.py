@@ -14,16 +14,20 @@ from torch.nn.parallel import DistributedDataParallel
 from valleys.optim import Explore
 
 
-def test_user_grad_is_the_raw_gradient_after_step() -> None:
+@pytest.mark.parametrize("path", ["loop", "foreach", "fused"])
+def test_user_grad_is_the_raw_gradient_after_step(path: str) -> None:
     params = make_params()
-    opt = Explore(torch.optim.AdamW(params, lr=0.01))
+    options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    opt = Explore(torch.optim.AdamW(params, lr=0.01), **options[path])
     for step in range(3):
         grads = random_grads(params, step)
         set_grads(params, grads)
         objects = [p.grad for p in params]
+        versions = [p.grad._version for p in params]
         opt.step()
-        for p, g, obj in zip(params, grads, objects, strict=True):
+        for p, g, obj, version in zip(params, grads, objects, versions, strict=True):
             assert p.grad is obj
+            assert p.grad._version == version  # never written, not even restored
             assert torch.equal(p.grad, g)
 
 

@@ -532,46 +532,22 @@ def _fused_esgd(
 # ------------------------------------------------------------------------------------------ Explore
 
 
-def _explore_in_kernel(coefficient: float) -> Callable[..., None]:
-    r"""Save the raw gradient and overwrite it with :math:`g + c(g - e)`, in one pass."""
+def _explore_kernel(coefficient: float) -> Callable[..., None]:
+    r"""Write :math:`\hat g = g + c(g - e)` into a new tensor, in one pass."""
 
-    def explore_in(grad: Tensor, grad_ema: Tensor, raw: Tensor) -> None:
-        raw.copy_(grad)
-        grad.copy_((grad - grad_ema) * coefficient + grad)
+    def explore_tensor(out: Tensor, grad: Tensor, grad_ema: Tensor) -> None:
+        out.copy_((grad - grad_ema) * coefficient + grad)
 
-    return explore_in
-
-
-def _explore_out_kernel(one_minus_beta: float) -> Callable[..., None]:
-    r"""Put the raw gradient back and advance :math:`e \leftarrow e + (1-\beta)(g - e)`, in one pass."""
-
-    def explore_out(grad: Tensor, grad_ema: Tensor, raw: Tensor) -> None:
-        grad.copy_(raw)
-        grad_ema.lerp_(raw, one_minus_beta)
-
-    return explore_out
+    return explore_tensor
 
 
-def fused_explore_in(
-    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float
-) -> list[Tensor]:
-    """Explore's transform before the base step (see :func:`valleys.optim.explore._transform_`):
-    reads ``g`` and ``e`` once, writes ``ĝ`` into ``g`` and the returned copies of the raw ones."""
-    raw = [torch.empty_like(g) for g in grads]
-    for (device, dtype), idx in _group_by_device_and_dtype(grads).items():
-        kernel = _kernel(_explore_in_kernel, (alpha * (1 - beta),), (device.type, dtype))
-        with _constant_floats():
-            for i in idx:
-                kernel(*_flat(grads[i], emas[i], raw[i]))
-    return raw
-
-
-def fused_explore_out(
-    grads: list[Tensor], emas: list[Tensor], raw: list[Tensor], betas: list[float]
+def fused_explore(
+    out: list[Tensor], grads: list[Tensor], emas: list[Tensor], coefficient: float
 ) -> None:
-    """Explore's transform after the base step: restore ``g`` and advance ``e`` in one pass."""
+    """Explore's transform (see :func:`valleys.optim.explore._explore_into`): reads ``g`` and
+    ``e`` once, writes ``ĝ`` into ``out``."""
     for (device, dtype), idx in _group_by_device_and_dtype(grads).items():
+        kernel = _kernel(_explore_kernel, (coefficient,), (device.type, dtype))
         with _constant_floats():
             for i in idx:
-                kernel = _kernel(_explore_out_kernel, (1 - betas[i],), (device.type, dtype))
-                kernel(*_flat(grads[i], emas[i], raw[i]))
+                kernel(*_flat(out[i], grads[i], emas[i]))

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._base import as_real, resolve_foreach, zeros_state
-from ._fused import fused_explore_in, fused_explore_out
+from ._fused import fused_explore
 from ._validation import check_alpha, check_beta
 
 __all__ = ["Explore"]
@@ -43,13 +43,16 @@ class Explore(Optimizer):
     (namespaced because RMSprop and ASGD already own an ``alpha``; saved, schedulable; α = 0
     switches E off for a group), and an LR scheduler may be attached to either object.
 
-    A step evaluates the closure once (grad enabled), writes :math:`\hat g` into each ``p.grad``
-    *in place* (so DDP's ``gradient_as_bucket_view`` buffers stay intact), runs the base step, then
-    restores the raw gradient in ``p.grad`` and advances E's buffer. If the base step raises, the
-    gradients are restored and E's state is unchanged. Under ``torch.amp.GradScaler`` the scaler
-    unscales the shared ``param_groups`` before the step and skips ``step()`` entirely on inf/NaN,
-    so E sees unscaled gradients and does not advance on skipped steps. Under FSDP2 the gradients
-    and E's buffers are DTensors; E is elementwise and runs on their local shards.
+    A step evaluates the closure once (grad enabled), computes :math:`\hat g` into a new tensor per
+    parameter, lends it to the base optimizer as ``p.grad`` for the duration of its step, puts the
+    user's gradient tensor back, and only then advances E's buffer. The user's gradients are never
+    written (DDP's ``gradient_as_bucket_view`` buckets and any reference to them stay intact), and a
+    raising base step leaves the gradients and E's state as they were. Cost per step: one
+    parameter-sized temporary, and 24 bytes of traffic per fp32 parameter besides the base step
+    (read g and e, write ĝ; afterwards read g and e, write e). Under ``torch.amp.GradScaler`` the
+    scaler unscales the shared ``param_groups`` before the step and skips ``step()`` entirely on
+    inf/NaN, so E sees unscaled gradients and does not advance on skipped steps. Under FSDP2 the
+    gradients and E's buffers are DTensors; E is elementwise and runs on their local shards.
 
     ``state`` holds E's buffers (``grad_ema``); the base optimizer's state is
     ``explore.optimizer.state``. ``state_dict()`` is the base optimizer's, with E's buffer added to
@@ -61,9 +64,9 @@ class Explore(Optimizer):
         alpha: E's α (< 0 explores, > 0 exploits). Stability needs |α| < 1/(1 − β).
         beta: E's β (β1 in the paper).
         foreach: compute E with multi-tensor kernels; None picks them on accelerators.
-        fused: compute E with two ``torch.compile``\ d passes per tensor (one before the base step
-            writes ĝ and saves g, one after restores g and advances e), compiled on first use;
-            exclusive with ``foreach=True``. None means False.
+        fused: compute ĝ with one ``torch.compile``\ d pass per tensor (compiled on first use)
+            and advance e with a multi-tensor ``lerp``; exclusive with ``foreach=True``. None means
+            False.
     """
 
     def __init__(
@@ -123,56 +126,58 @@ class Explore(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Evaluate the closure, apply E to the gradients, step the base optimizer, restore them."""
+        """Evaluate the closure, step the base optimizer on E's gradients, advance E."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
 
-        grads: list[Tensor] = []
+        groups = []
+        for group in self.param_groups:
+            if group["explore_alpha"] == 0:
+                continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(
+                    "Explore does not support sparse gradients (E keeps a dense buffer)"
+                )
+            if params:
+                groups.append((group, params))
+
         raw: list[Tensor] = []
         emas: list[Tensor] = []
         betas: list[float] = []
-        for group in self.param_groups:
-            alpha, beta = group["explore_alpha"], group["explore_beta"]
-            if alpha == 0:
-                continue
-            group_grads, group_emas = [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(
-                        "Explore does not support sparse gradients (E keeps a dense buffer)"
-                    )
-                state = self.state[p]
-                if "grad_ema" not in state:
-                    state["grad_ema"] = zeros_state(p)
-                group_grads.append(as_real(p.grad))
-                group_emas.append(as_real(state["grad_ema"]))
-            if not group_grads:
-                continue
-            if self.fused:
-                saved = fused_explore_in(group_grads, group_emas, alpha, beta)
-            else:
-                saved = _transform_(
-                    group_grads, group_emas, alpha, beta, self._foreach(group_grads)
-                )
-            grads += group_grads
-            raw += saved
-            emas += group_emas
-            betas += [beta] * len(group_grads)
-
+        swapped: list[tuple[Tensor, Tensor]] = []
         try:
+            for group, params in groups:
+                alpha, beta = group["explore_alpha"], group["explore_beta"]
+                grads = [as_real(p.grad) for p in params]
+                group_emas = []
+                for p in params:
+                    state = self.state[p]
+                    if "grad_ema" not in state:
+                        state["grad_ema"] = zeros_state(p)
+                    group_emas.append(as_real(state["grad_ema"]))
+                ghats = [torch.empty_like(p.grad) for p in params]
+                coefficient = alpha * (1 - beta)
+                if self.fused:
+                    fused_explore([as_real(t) for t in ghats], grads, group_emas, coefficient)
+                else:
+                    _explore_into(
+                        [as_real(t) for t in ghats], grads, group_emas, coefficient,
+                        self._foreach(grads),
+                    )  # fmt: skip
+                for p, ghat in zip(params, ghats, strict=True):
+                    swapped.append((p, p.grad))
+                    p.grad = ghat
+                raw += grads
+                emas += group_emas
+                betas += [beta] * len(grads)
             self.optimizer.step()
-        except BaseException:
-            _restore_(grads, raw, self._foreach(grads))
-            raise
-        if self.fused:
-            fused_explore_out(grads, emas, raw, betas)
-        else:
-            _restore_(grads, raw, self._foreach(grads))
-            _advance_(emas, raw, betas, self._foreach(emas))
+        finally:
+            for p, grad in swapped:
+                p.grad = grad
+        _advance_(emas, raw, betas, self.fused or self._foreach(emas))
         return loss
 
     def _foreach(self, tensors: list[Tensor]) -> bool:
@@ -229,33 +234,18 @@ class Explore(Optimizer):
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
 
 
-def _transform_(
-    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float, foreach: bool
-) -> list[Tensor]:
-    r"""Overwrite each gradient with :math:`g + \alpha(1-\beta)(g - e)`; return copies of the raw ones.
-
-    The EMAs are not advanced here, so that a failing base step leaves E's state as it was.
-    """
-    coefficient = alpha * (1 - beta)
+def _explore_into(
+    out: list[Tensor], grads: list[Tensor], emas: list[Tensor], coefficient: float, foreach: bool
+) -> None:
+    r"""Write :math:`\hat g = g + c\,(g - e)`, :math:`c = \alpha(1-\beta)`, into ``out``; the
+    gradients and the EMAs are only read (the EMAs advance after a successful base step)."""
     if foreach:
-        raw = torch._foreach_mul(grads, 1.0)
-        torch._foreach_sub_(grads, emas)
-        torch._foreach_mul_(grads, coefficient)
-        torch._foreach_add_(grads, raw)
-        return raw
-    raw = []
-    for g, e in zip(grads, emas, strict=True):
-        raw.append(g.clone())
-        g.sub_(e).mul_(coefficient).add_(raw[-1])
-    return raw
-
-
-def _restore_(grads: list[Tensor], raw: list[Tensor], foreach: bool) -> None:
-    if foreach and grads:
-        torch._foreach_copy_(grads, raw)
-    else:
-        for g, r in zip(grads, raw, strict=True):
-            g.copy_(r)
+        # lerp(g, e, w) = g + w (e - g), so w = -c gives ĝ: two passes instead of four.
+        torch._foreach_copy_(out, grads)
+        torch._foreach_lerp_(out, emas, -coefficient)
+        return
+    for o, g, e in zip(out, grads, emas, strict=True):
+        torch.sub(g, e, out=o).mul_(coefficient).add_(g)
 
 
 def _advance_(emas: list[Tensor], raw: list[Tensor], betas: list[float], foreach: bool) -> None:
