@@ -299,15 +299,18 @@ def test_bf16_params_train_close_to_fp32(case: Case) -> None:
 
 def test_sparse_gradient_raises_and_changes_nothing(case: Case) -> None:
     params = make_params()
-    opt = case.make(params)
+    # The sparse gradient sits in the second group: the first must not have been touched either.
+    opt = case.make([{"params": params[:2]}, {"params": params[2:]}])
     _run(opt, params, range(2))
     before = [p.detach().clone() for p in params]
     state_before = copy.deepcopy(opt.state_dict())
-    set_grads(params, random_grads(params, 2))
+    grads = random_grads(params, 2)
+    set_grads(params, grads)
     params[2].grad = params[2].grad.to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert all(torch.equal(p.grad.to_dense(), g) for p, g in zip(params, grads, strict=True))
     after = opt.state_dict()["state"]
     for k, entries in state_before["state"].items():
         for name, value in entries.items():
