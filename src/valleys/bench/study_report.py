@@ -263,36 +263,49 @@ def _metric_vs_batch(units: Sequence[UnitResult], metric: str, path: Path) -> No
 
 
 def _heatmap(unit: UnitResult, metric: str, path: Path) -> None:
-    """Best mean metric per (β1, α) cell (the best over any other parameter), seeds averaged."""
+    """Best mean metric per (β1, α) cell (the best over any other parameter), seeds averaged, with
+    its standard deviation over seeds; α = 0 is E switched off (Lamb, for ALTO)."""
     from matplotlib.figure import Figure
 
     betas = sorted({c.params["beta1"] for c in unit.configs})
     alphas = sorted({c.params["alpha"] for c in unit.configs})
     scale = 100 if _is_fraction_metric(metric) else 1
     grid = [[math.nan] * len(betas) for _ in alphas]
-    pick = max if unit.meta["higher_is_better"] else min
+    spread = [[math.nan] * len(betas) for _ in alphas]
+    better = (lambda a, b: a > b) if unit.meta["higher_is_better"] else (lambda a, b: a < b)
     for config in unit.configs:
         stat = config.stat("best_metric")
         if stat is None:
             continue
         row, col = alphas.index(config.params["alpha"]), betas.index(config.params["beta1"])
-        current = grid[row][col]
-        grid[row][col] = scale * stat[0] if math.isnan(current) else pick(current, scale * stat[0])
-    figure = Figure(figsize=(1.4 + 1.1 * len(betas), 1.2 + 0.6 * len(alphas)), layout="constrained")
+        if math.isnan(grid[row][col]) or better(scale * stat[0], grid[row][col]):
+            grid[row][col], spread[row][col] = scale * stat[0], scale * stat[1]
+    figure = Figure(figsize=(1.6 + 1.1 * len(betas), 1.2 + 0.6 * len(alphas)), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     axes.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
-    axes.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    off = " (Lamb)" if unit.optimizer == "alto" else " (E off)"
+    axes.set_yticks(range(len(alphas)), [f"{a:g}" + (off if a == 0 else "") for a in alphas])
     axes.set_xlabel("β1 (E)")
     axes.set_ylabel("α (E)")
     for row, values in enumerate(grid):
         for col, value in enumerate(values):
-            blank = math.isnan(value)
-            text = "unstable\nor failed" if blank else f"{value:.1f}"
-            color = "black" if blank else "white"
-            axes.text(col, row, text, ha="center", va="center", color=color, fontsize=7)
+            if math.isnan(value):
+                axes.text(col, row, "unstable\nor failed", ha="center", va="center", fontsize=7)
+                continue
+            red, green, blue, _ = image.cmap(image.norm(value))
+            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+            axes.text(
+                col,
+                row,
+                f"{value:.1f}\n± {spread[row][col]:.1f}",
+                ha="center",
+                va="center",
+                color="black" if light else "white",
+                fontsize=7,
+            )
     figure.colorbar(image, ax=axes, label=f"best test {metric}" + (" (%)" if scale == 100 else ""))
-    axes.set_title(f"{unit.optimizer}, batch {unit.batch_size}")
+    axes.set_title(f"{unit.optimizer}, batch {unit.batch_size}: mean ± std over seeds")
     figure.savefig(path, dpi=110)
 
 
