@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from valleys.bench.tasks import build_task
-from valleys.bench.train import TrainConfig, accumulate_gradients, train
+from valleys.bench.train import TrainConfig, accumulate_gradients, shard_units, train
 
 ARGS = ["--task", "digits", "--optimizer", "alto", "--micro-batch-size", "16", "--quiet"]
 CONFIG = TrainConfig(task="digits", optimizer="alto", batch_size=64, micro_batch_size=16, epochs=2)
@@ -103,3 +104,44 @@ def test_one_process_run_resumes_under_fsdp(single: Path, tmp_path: Path) -> Non
     for mine, theirs in zip(history(tmp_path), history(single), strict=True):
         for key in ("step", "train_loss", "test_loss", "test_accuracy"):
             assert mine[key] == pytest.approx(theirs[key], rel=RTOL), key
+
+
+LM_ARGS = [
+    "train", "--task", "austen-lm", "--optimizer", "alto", "--batch-size", "32",
+    "--micro-batch-size", "8", "--epochs", "1", "--train-limit", "256", "--test-limit", "64",
+    "--context", "32", "--vocab-size", "500", "--quiet",
+]  # fmt: skip
+
+
+def test_fsdp_shards_each_gpt2_block_and_equals_ddp(tmp_path: Path) -> None:
+    # GPT-2 trains with dropout, whose masks depend on the number of processes: the reference
+    # is DDP on the same 2 ranks (same data shards, same random streams), not one process.
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node=2", "-m", "valleys.cli", *LM_ARGS, "--dist", strategy]
+        command += ["--out", str(tmp_path / strategy)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs[strategy] = history(tmp_path / strategy)
+    # A sharded run checkpoints DCP shards, not a full state dict: its test loss after the 8
+    # steps stands for its parameters.
+    for mine, theirs in zip(runs["fsdp"], runs["ddp"], strict=True):
+        for key in ("step", "train_loss", "test_loss"):
+            assert mine[key] == pytest.approx(theirs[key], rel=RTOL), key
+
+
+def test_shard_units_are_the_outermost_list_elements() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=50))
+    assert [id(m) for m in shard_units(gpt2)] == [id(block) for block in gpt2.transformer.h]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+    stack = nn.Sequential(nn.Linear(4, 4), nn.ModuleList([Block(), Block()]))
+    assert shard_units(stack) == list(stack[1])  # not the heads inside the blocks
+    assert shard_units(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == []

@@ -430,6 +430,21 @@ class _Ranks:
             dist.barrier()
 
 
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards on their own before the root: the elements of the outermost
+    ``nn.ModuleList`` objects (the layers of Hugging Face's GPT-2 and BERT, any stack of blocks kept in a
+    list), the usual per-block wrapping. Models without such a list are one unit, the root."""
+    units: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside or not isinstance(module, nn.ModuleList):
+            continue
+        for block in module:
+            units.append(block)
+            inside.update(id(m) for m in block.modules())
+    return units
+
+
 def _wrap(
     model: nn.Module, ranks: _Ranks, device: torch.device
 ) -> tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[Any]] | None]:
@@ -443,7 +458,11 @@ def _wrap(
     if ranks.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # In place: the module's parameters become DTensors sharded over all ranks.
+        # In place: the module's parameters become DTensors sharded over all ranks. Each block
+        # is its own unit, so that the forward and backward gather one block's parameters at a
+        # time (and overlap that with compute) instead of the whole model's.
+        for block in shard_units(model):
+            fully_shard(block)
         sharded: Any = fully_shard(model)
 
         @contextlib.contextmanager
