@@ -130,6 +130,8 @@ def test_random_study_plans_an_equal_quasi_random_budget(tmp_path: Path) -> None
     # Quasi-random (β1, α) points are drawn as a scatter, not as heatmap cells.
     report = write_study_report(_sqlite(tmp_path), "tiny", tmp_path)
     assert (tmp_path / "figures" / "scatter_alto_bs64.png").read_bytes().startswith(b"\x89PNG")
+    # Both optimizers searched the lr: the lr-sensitivity figure is drawn.
+    assert (tmp_path / "figures" / "metric_vs_lr.png").read_bytes().startswith(b"\x89PNG")
     assert "Equal budget: each optimizer had 2 quasi-random" in report.read_text()
 
 

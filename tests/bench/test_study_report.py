@@ -48,6 +48,7 @@ def test_report_renders_every_shape_from_the_storage(study_dir: Path) -> None:
     assert figures == [
         "heatmap_alto_bs32.png",
         "metric_vs_batch.png",
+        "metric_vs_lr.png",
         "time_to_target.png",
     ]
     for figure in figures:
@@ -57,6 +58,7 @@ def test_report_renders_every_shape_from_the_storage(study_dir: Path) -> None:
         "## Best configuration per optimizer and batch size",
         "## accuracy vs batch size",
         "## (β1, α) sensitivity",
+        "## Learning-rate sensitivity",
         "## Time to target",
     ):
         assert heading in text

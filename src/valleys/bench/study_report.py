@@ -578,6 +578,65 @@ def _batch_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> lis
     return [*lines, ""]
 
 
+def _lr_points(unit: UnitResult, scale: float) -> list[tuple[float, float, float]]:
+    """(lr, mean, std) of each configuration of ``unit`` with a result, by lr."""
+    return sorted(
+        (c.params["lr"], scale * stat[0], scale * stat[1])
+        for c in unit.configs
+        if "lr" in c.params and (stat := c.stat("best_metric")) is not None
+    )
+
+
+def _lr_figure(units: Sequence[UnitResult], metric: str, path: Path) -> None:
+    """The metric against the learning rate, one panel per batch size, one colour per optimizer."""
+    from matplotlib.figure import Figure
+
+    scale = 100 if _is_fraction_metric(metric) else 1
+    batches = sorted({u.batch_size for u in units})
+    optimizers = list(dict.fromkeys(u.optimizer for u in units))
+    figure = Figure(figsize=(0.8 + 4.6 * len(batches), 4.2), layout="constrained")
+    for k, batch in enumerate(batches):
+        axes = figure.add_subplot(1, len(batches), k + 1)
+        for i, optimizer in enumerate(optimizers):
+            for unit in units:
+                if unit.optimizer != optimizer or unit.batch_size != batch:
+                    continue
+                points = _lr_points(unit, scale)
+                if points:
+                    lrs, means, stds = zip(*points, strict=True)
+                    axes.errorbar(
+                        lrs, means, yerr=stds, fmt="o", capsize=3, color=f"C{i}", label=optimizer
+                    )
+        axes.set_xscale("log")
+        axes.set_xlabel("learning rate")
+        axes.set_ylabel(f"best test {metric}" + (" (%)" if scale == 100 else ""))
+        axes.set_title(f"batch {_batch_text(batch)}")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle("Each configuration: mean ± std over seeds")
+    figure.savefig(path, dpi=110)
+
+
+def _lr_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> list[str]:
+    if all(len({c.params.get("lr") for c in u.configs}) < 2 for u in units):
+        return []
+    _lr_figure(units, metric, figures / "metric_vs_lr.png")
+    random = units[0].meta["kind"] == "random"
+    return [
+        "## Learning-rate sensitivity",
+        "",
+        f"![{metric} vs learning rate]({FIGURES}/metric_vs_lr.png)",
+        "",
+        "Every configuration with a result at its learning rate"
+        + (
+            "; the other hyperparameters differ between points too (quasi-random search)."
+            if random
+            else "; where several share an lr, they differ in the other grid parameters."
+        ),
+        "",
+    ]
+
+
 def _heatmap_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> list[str]:
     varied = [
         u
@@ -663,6 +722,7 @@ def write_study_report(
     lines += _best_lines(units, metric)
     lines += _batch_lines(units, metric, figures)
     lines += _heatmap_lines(units, metric, figures)
+    lines += _lr_lines(units, metric, figures)
     lines += _time_lines(units, figures)
     lines += _flatness_lines(units)
     lines += _all_config_lines(units, metric)
