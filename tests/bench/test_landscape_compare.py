@@ -7,7 +7,12 @@ import json
 import pytest
 import torch
 
-from valleys.bench.landscape_compare import markdown_table, run_landscapes, write_report
+from valleys.bench.landscape_compare import (
+    STORED_POINTS,
+    markdown_table,
+    run_landscapes,
+    write_report,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +40,13 @@ def test_alto_travels_where_lamb_stops_and_the_report_is_written(tmp_path) -> No
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stored = json.loads(paths["json"].read_text())
     assert stored["settings"]["cardioid"]["alto"]["lr_rule"].startswith("largest lr")
+    # Trajectories are stored thinned, with their step numbers, first and last iterate included.
+    full = result.trajectories["f2"]["alto"]
+    kept = stored["trajectories"]["f2"]["alto"]
+    assert len(kept["steps"]) == len(kept["points"]) == len(kept["losses"]) == STORED_POINTS
+    assert kept["steps"][0] == 0 and kept["steps"][-1] == full.points.shape[0] - 1
+    assert kept["points"][-1] == full.points[-1].tolist()
+    assert kept["losses"][0] == full.losses[0].item()
     assert "| cardioid | alto |" in paths["markdown"].read_text()
     assert markdown_table(result).count("\n") == 5
 

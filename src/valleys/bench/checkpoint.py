@@ -67,9 +67,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON (NaN/inf are written as JSON ``null``)."""
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+    """Atomically write ``obj`` as JSON, indented by ``indent`` (None: compact); NaN and inf are
+    written as JSON ``null``."""
+    text = json.dumps(_json_safe(obj), indent=indent, sort_keys=False, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode())
 
 
