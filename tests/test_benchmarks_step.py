@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
 # One of each kind; the fused variants are left out because their first compile takes longer than
@@ -61,3 +62,44 @@ def test_valleys_bench_step_runs_the_same_benchmark(tmp_path: Path) -> None:
         == 0
     )
     assert set(json.loads(out.read_text())["variants"]) == {"torch_adamw_fused", "alto_loop"}
+
+
+def test_traffic_model_bandwidth_and_a_variant_that_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from valleys.bench import step_benchmark
+
+    def unsupported(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        raise RuntimeError("no kernel for this device\nsecond line")
+
+    broken = step_benchmark.Variant("broken", "ours", unsupported, 7)
+    monkeypatch.setattr(step_benchmark, "VARIANTS", [*step_benchmark.VARIANTS, broken])
+    # In-process: leave this test worker's threads and cores alone.
+    monkeypatch.setattr(step_benchmark, "pin_one_core", lambda: None)
+    report = step_benchmark.run(
+        "25m", 0.02, 3, 1, ["torch_adamw_fused", "alto_fused_no_clip", "broken"],
+        dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert report["dtype"] == "bfloat16" and report["device"] == "cpu"
+    assert report["errors"] == {"broken": "RuntimeError: no kernel for this device"}
+    assert set(report["variants"]) == {"torch_adamw_fused", "alto_fused_no_clip"}
+    assert report["copy_bytes_per_s"] > 0
+    for name, elements in (("torch_adamw_fused", 7), ("alto_fused_no_clip", 12)):
+        entry = report["variants"][name]
+        assert entry["model_bytes_per_param"] == elements * 2  # bf16: 2 bytes per element
+        achieved = elements * report["param_bytes"] / entry["median_s"]
+        assert entry["fraction_of_copy_bandwidth"] == pytest.approx(
+            achieved / report["copy_bytes_per_s"]
+        )
+    table = step_benchmark.markdown_table(report)
+    assert "% of copy bandwidth" in table
+    assert "Not run: broken: RuntimeError: no kernel for this device" in table
+
+
+def test_device_without_cuda_is_refused(tmp_path: Path) -> None:
+    from valleys.bench.step_benchmark import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda", "--quick", "--out", str(tmp_path / "x.json")])

@@ -13,7 +13,18 @@ to the OS and writing ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``, so wh
 allocates shows up as new resident pages (torch has no CPU allocator statistics). Linux only;
 elsewhere the field is null.
 
+On CUDA (``--device cuda``) each timed step is bracketed by ``torch.cuda.synchronize()`` and the
+peak extra memory comes from the caching allocator's statistics.
+
+**Bandwidth.** Each variant has a traffic model: the bytes per parameter its algorithm must move
+at least (in elements of the parameters' dtype: fused AdamW reads p, g, m, v and writes p, m, v = 7;
+ALTO adds E's buffer (read and write) and the trust ratio's pass over p and the update = 12, and
+the global-norm clip one more read of g = 13). The achieved bandwidth is that traffic over the
+median step time, reported as a fraction of the copy bandwidth measured in the same run
+(``dst.copy_(src)`` of a 256 MiB buffer, counted as read + write).
+
     python benchmarks/step.py --layout 25m --repeats 21 --out benchmarks/results/step-25m.json
+    python benchmarks/step.py --device cuda --dtype bfloat16 --layout gpt2 --out step-gpt2-bf16.json
     python benchmarks/step.py --quick --out /tmp/step.json
 """
 
@@ -82,6 +93,9 @@ class Variant:
     source: str
     """``torch``, ``peer`` (another package) or ``ours``."""
     make: Callable[[list[Tensor]], Optimizer]
+    elements_moved: int
+    """The traffic model: parameter-sized tensors the algorithm reads or writes at least once per
+    step (see the module docstring)."""
 
 
 def _pytorch_optimizer_lamb(params: list[Tensor]) -> Optimizer:
@@ -102,39 +116,87 @@ def _reference_e_adamw(params: list[Tensor]) -> Optimizer:
     return reference.E(torch.optim.AdamW(params, lr=LR))
 
 
+# Elements moved per parameter: AdamW 7 (read p g m v, write p m v); Lamb 10 (+ write and read back
+# the update, read p for its norm); ALTO 12 (Lamb + read and write E's buffer); EAdamW 9; ESGD with
+# momentum 7 (read p g buf e, write p buf e); Explore around AdamW 13 (AdamW on ĝ, plus read g e,
+# write ĝ, read g e, write e); the global-norm clip adds a read of g (+1).
+_TRAFFIC = {
+    "adamw": 7,
+    "lamb": 11,
+    "alto": 13,
+    "alto_no_clip": 12,
+    "eadamw": 9,
+    "esgd": 7,
+    "explore_adamw": 13,
+}
+
 VARIANTS: list[Variant] = [
-    Variant("torch_adamw_loop", "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=False)),
-    Variant("torch_adamw_foreach", "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=True)),
-    Variant(BASELINE, "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, fused=True)),
-    Variant("pytorch_optimizer_lamb", "peer", _pytorch_optimizer_lamb),
-    Variant("reference_alto", "peer", _reference_alto),
-    Variant("reference_e_adamw", "peer", _reference_e_adamw),
-    Variant("alto_loop", "ours", lambda ps: ALTO(ps, lr=LR, foreach=False)),
-    Variant("alto_foreach", "ours", lambda ps: ALTO(ps, lr=LR, foreach=True)),
-    Variant("alto_fused", "ours", lambda ps: ALTO(ps, lr=LR, fused=True)),
+    Variant(
+        "torch_adamw_loop",
+        "torch",
+        lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=False),
+        _TRAFFIC["adamw"],
+    ),
+    Variant(
+        "torch_adamw_foreach",
+        "torch",
+        lambda ps: torch.optim.AdamW(ps, lr=LR, foreach=True),
+        _TRAFFIC["adamw"],
+    ),
+    Variant(
+        BASELINE, "torch", lambda ps: torch.optim.AdamW(ps, lr=LR, fused=True), _TRAFFIC["adamw"]
+    ),
+    Variant("pytorch_optimizer_lamb", "peer", _pytorch_optimizer_lamb, _TRAFFIC["lamb"]),
+    Variant("reference_alto", "peer", _reference_alto, _TRAFFIC["alto"]),
+    Variant("reference_e_adamw", "peer", _reference_e_adamw, _TRAFFIC["explore_adamw"]),
+    Variant("alto_loop", "ours", lambda ps: ALTO(ps, lr=LR, foreach=False), _TRAFFIC["alto"]),
+    Variant("alto_foreach", "ours", lambda ps: ALTO(ps, lr=LR, foreach=True), _TRAFFIC["alto"]),
+    Variant("alto_fused", "ours", lambda ps: ALTO(ps, lr=LR, fused=True), _TRAFFIC["alto"]),
     Variant(
         # ALTO clips the global gradient norm by default (as the reference does); AdamW does not.
         "alto_fused_no_clip",
         "ours",
         lambda ps: ALTO(ps, lr=LR, fused=True, max_grad_norm=None),
+        _TRAFFIC["alto_no_clip"],
     ),
-    Variant("lamb_loop", "ours", lambda ps: Lamb(ps, lr=LR, foreach=False)),
-    Variant("lamb_foreach", "ours", lambda ps: Lamb(ps, lr=LR, foreach=True)),
-    Variant("lamb_fused", "ours", lambda ps: Lamb(ps, lr=LR, fused=True)),
-    Variant("eadamw_loop", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=False)),
-    Variant("eadamw_foreach", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=True)),
-    Variant("eadamw_fused", "ours", lambda ps: EAdamW(ps, lr=LR, fused=True)),
-    Variant("esgd_loop", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=False)),
-    Variant("esgd_foreach", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=True)),
-    Variant("esgd_fused", "ours", lambda ps: ESGD(ps, lr=LR, momentum=0.9, fused=True)),
+    Variant("lamb_loop", "ours", lambda ps: Lamb(ps, lr=LR, foreach=False), _TRAFFIC["lamb"]),
+    Variant("lamb_foreach", "ours", lambda ps: Lamb(ps, lr=LR, foreach=True), _TRAFFIC["lamb"]),
+    Variant("lamb_fused", "ours", lambda ps: Lamb(ps, lr=LR, fused=True), _TRAFFIC["lamb"]),
+    Variant("eadamw_loop", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=False), _TRAFFIC["eadamw"]),
     Variant(
-        "explore_adamw_fused", "ours", lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True))
+        "eadamw_foreach", "ours", lambda ps: EAdamW(ps, lr=LR, foreach=True), _TRAFFIC["eadamw"]
+    ),
+    Variant("eadamw_fused", "ours", lambda ps: EAdamW(ps, lr=LR, fused=True), _TRAFFIC["eadamw"]),
+    Variant(
+        "esgd_loop",
+        "ours",
+        lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=False),
+        _TRAFFIC["esgd"],
     ),
     Variant(
-        # E's own transform compiled too: two passes per tensor around the fused base step.
+        "esgd_foreach",
+        "ours",
+        lambda ps: ESGD(ps, lr=LR, momentum=0.9, foreach=True),
+        _TRAFFIC["esgd"],
+    ),
+    Variant(
+        "esgd_fused",
+        "ours",
+        lambda ps: ESGD(ps, lr=LR, momentum=0.9, fused=True),
+        _TRAFFIC["esgd"],
+    ),
+    Variant(
+        "explore_adamw_fused",
+        "ours",
+        lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True)),
+        _TRAFFIC["explore_adamw"],
+    ),
+    Variant(
+        # E's own transform compiled too: one pass per tensor before the fused base step.
         "explore_fused_adamw_fused",
         "ours",
         lambda ps: Explore(torch.optim.AdamW(ps, lr=LR, fused=True), fused=True),
+        _TRAFFIC["explore_adamw"],
     ),
 ]
 
@@ -172,8 +234,16 @@ def _status_bytes(key: str) -> int:
     raise KeyError(key)
 
 
-def peak_extra_bytes(step: Callable[[], Any]) -> int | None:
-    """Peak resident memory during ``step()`` above the resident memory before it (see above)."""
+def peak_extra_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory during ``step()`` above the memory in use before it: the caching allocator's
+    statistics on CUDA, the resident set on the CPU (see above)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim(0)
@@ -195,6 +265,7 @@ class Runner:
         self.params = [p.clone().requires_grad_() for p in init]
         self.grad_buffers = [torch.empty_like(g) for g in grads]
         self.opt = variant.make(self.params)
+        self.device = init[0].device
 
     def refill_grads(self) -> None:
         for p, buf, g in zip(self.params, self.grad_buffers, self.source_grads, strict=True):
@@ -203,9 +274,33 @@ class Runner:
 
     def timed_step(self) -> float:
         self.refill_grads()
+        synchronize(self.device)
         start = time.perf_counter()
         self.opt.step()
+        synchronize(self.device)
         return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, dtype: torch.dtype, nbytes: int = 256 << 20) -> float:
+    """Bytes per second of ``dst.copy_(src)`` over ``nbytes`` (read + write), the median of 11."""
+    count = nbytes // torch.empty((), dtype=dtype).element_size()
+    src = torch.ones(count, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(11):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * nbytes / statistics.median(times)
 
 
 def machine() -> dict[str, Any]:
@@ -235,23 +330,40 @@ def pin_one_core() -> int | None:
 
 
 def run(
-    layout: str, scale: float, repeats: int, warmup: int, names: list[str] | None
+    layout: str,
+    scale: float,
+    repeats: int,
+    warmup: int,
+    names: list[str] | None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    core = pin_one_core()
+    """Benchmark the chosen variants; a variant that cannot run here (e.g. a fused kernel missing
+    for this device and dtype) is reported with its error instead of stopping the others."""
+    where = torch.device(device)
+    core = pin_one_core() if where.type == "cpu" else None
     shapes = LAYOUTS[layout](scale)
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [torch.randn(s, generator=gen) for s in shapes]
+    init = [torch.randn(s, generator=gen).to(where, dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(where, dtype) for s in shapes]
     n_params = sum(p.numel() for p in init)
     param_bytes = sum(p.numel() * p.element_size() for p in init)
+    bandwidth = copy_bandwidth(where, dtype)
     chosen = [v for v in VARIANTS if names is None or v.name in names]
-    runners = [Runner(v, init, grads) for v in chosen]
 
+    errors: dict[str, str] = {}
+    runners: list[Runner] = []
     first: dict[str, float] = {}
-    for runner in runners:
-        first[runner.variant.name] = runner.timed_step()
-        for _ in range(warmup - 1):
-            runner.timed_step()
+    for variant in chosen:
+        try:
+            runner = Runner(variant, init, grads)
+            first[variant.name] = runner.timed_step()
+            for _ in range(warmup - 1):
+                runner.timed_step()
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
+            errors[variant.name] = f"{type(error).__name__}: {error}".splitlines()[0]
+            continue
+        runners.append(runner)
     times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
     for round_ in range(repeats):
         # Rotate the order each round so that no variant always follows the same neighbour.
@@ -262,11 +374,16 @@ def run(
     results: dict[str, dict[str, Any]] = {}
     for runner in runners:
         runner.refill_grads()
-        peak = peak_extra_bytes(runner.opt.step)
+        peak = peak_extra_bytes(runner.opt.step, where)
         state = state_bytes(runner.opt)
+        median = statistics.median(times[runner.variant.name])
+        moved = runner.variant.elements_moved * param_bytes
         results[runner.variant.name] = {
             "source": runner.variant.source,
-            "median_s": statistics.median(times[runner.variant.name]),
+            "median_s": median,
+            "model_bytes_per_param": runner.variant.elements_moved * param_bytes / n_params,
+            "achieved_bytes_per_s": moved / median,
+            "fraction_of_copy_bandwidth": moved / median / bandwidth,
             "min_s": min(times[runner.variant.name]),
             "times_s": times[runner.variant.name],
             "first_step_s": first[runner.variant.name],
@@ -286,7 +403,11 @@ def run(
         "tensors": len(shapes),
         "params": n_params,
         "param_bytes": param_bytes,
-        "dtype": "float32",
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(where),
+        "device_name": torch.cuda.get_device_name(where) if where.type == "cuda" else None,
+        "copy_bytes_per_s": bandwidth,
+        "errors": errors,
         "threads": torch.get_num_threads(),
         "pinned_core": core,
         "repeats": repeats,
@@ -302,8 +423,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     ratio_key = "time_to_" + BASELINE
     lines = [
         f"| variant | source | median step (ms) | × {BASELINE} | fastest step (ms) "
-        "| state bytes / param | peak extra / param bytes | first step (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| state bytes / param | peak extra / param bytes | first step (s) | % of copy bandwidth |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["variants"].items():
         ratio = f"{r[ratio_key]:.2f}" if ratio_key in r else "–"
@@ -315,8 +436,14 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['source']} | {r['median_s'] * 1e3:.1f} | {ratio} "
             f"| {r['min_s'] * 1e3:.1f} | {r['state_bytes_per_param']:.2f} | {peak} "
-            f"| {r['first_step_s']:.2f} |"
+            f"| {r['first_step_s']:.2f} | {100 * r['fraction_of_copy_bandwidth']:.0f} |"
         )
+    lines.append("")
+    lines.append(
+        f"Copy bandwidth ({report['device']}, {report['dtype']}): "
+        f"{report['copy_bytes_per_s'] / 1e9:.1f} GB/s."
+    )
+    lines += [f"Not run: {name}: {error}" for name, error in report["errors"].items()]
     return "\n".join(lines)
 
 
@@ -330,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         help="comma-separated names (default: all): " + ", ".join(v.name for v in VARIANTS),
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 tensors, 3 repeats")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = parser.parse_args(argv)
@@ -342,7 +473,24 @@ def main(argv: list[str] | None = None) -> int:
     if not math.isfinite(args.scale) or args.scale <= 0:
         parser.error("--scale must be a positive number")
 
-    report = run(args.layout, args.scale, args.repeats, args.warmup, names)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this torch")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device}")
+
+    report = run(
+        args.layout,
+        args.scale,
+        args.repeats,
+        args.warmup,
+        names,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))
