@@ -374,3 +374,25 @@ def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, tri
     config = load_study_config(path)
     assert sum(len(plan.trials) for plan in config.plan()) == trials
     assert "# Run time on 2 CPU cores, measured" in path.read_text()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], None), (["--jobs", "3"], 3)])
+def test_study_command_workers_default_to_compares(
+    argv: list[str], expected: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from valleys.bench import study
+    from valleys.bench.compare import default_jobs
+
+    seen: dict[str, int] = {}
+
+    def record(*args: Any, jobs: int, **kwargs: Any) -> None:
+        seen["jobs"] = jobs
+        raise study.StudyError("recorded")
+
+    monkeypatch.setattr(study, "run_study", record)
+    parser = argparse.ArgumentParser()
+    add_study_parser(parser.add_subparsers())
+    path = write_study(tmp_path / "s.toml", tiny_study())
+    args = parser.parse_args(["study", str(path), "--out", str(tmp_path / "out"), *argv])
+    assert args.handler(args) == 1
+    assert seen["jobs"] == (expected or default_jobs())

@@ -42,7 +42,12 @@ def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("config", help="study configuration (.toml, .yaml or .yml)")
-    parser.add_argument("--jobs", type=_jobs, default=1, help="worker processes (default: 1)")
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        help="worker processes, each with cpu_count / jobs threads (default: 2 where there are 2 or "
+        "more CPUs, as for valleys compare: two 1-thread runs beat one 2-thread run)",
+    )
     parser.add_argument("--quick", action="store_true", help=describe_quick())
     parser.add_argument("--out", help="study folder (default: runs/study-<name>)")
     parser.add_argument(
@@ -55,6 +60,7 @@ def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def study_command(args: argparse.Namespace) -> int:
     """Run the study of ``args.config``; write its report when every planned trial is complete."""
+    from valleys.bench.compare import default_jobs
     from valleys.bench.study import (
         StudyError,
         default_out_dir,
@@ -70,7 +76,8 @@ def study_command(args: argparse.Namespace) -> int:
         if args.quick:
             config = config.quick_version()
         out = Path(args.out) if args.out else default_out_dir(config)
-        progress = run_study(config, out, jobs=args.jobs, storage=args.storage, quiet=args.quiet)
+        jobs = args.jobs or default_jobs()
+        progress = run_study(config, out, jobs=jobs, storage=args.storage, quiet=args.quiet)
         print(f"study {config.name}: {progress.line()}")
         if progress.done < progress.total:
             again = f"valleys study {args.config}" + (" --quick" if args.quick else "")
