@@ -18,31 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from valleys._argtypes import non_negative_int, positive_int
+
 __all__ = ["build_parser", "main"]
 
 _EXIT_ERROR = 1
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _float_check(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -86,7 +68,7 @@ def _seed_list(text: str) -> tuple[int, ...]:
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:
         raise argparse.ArgumentTypeError("expected comma-separated integers >= 0")
-    return tuple(_non_negative_int(part.strip()) for part in parts)
+    return tuple(non_negative_int(part.strip()) for part in parts)
 
 
 def _lr_list(text: str) -> tuple[float, ...]:
@@ -122,12 +104,12 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     task.add_argument("--data-root", help="data folder (cifar10, cifar100, imagefolder)")
     task.add_argument("--data-file", help="text file (text-lm)")
     task.add_argument("--model-path", help="local Hugging Face checkpoint to fine-tune (text)")
-    task.add_argument("--image-size", type=_positive_int, help="imagefolder image side")
-    task.add_argument("--max-length", type=_positive_int, help="tokens per text")
-    task.add_argument("--context", type=_positive_int, help="characters per LM window")
-    task.add_argument("--vocab-size", type=_positive_int, help="WordPiece vocabulary size")
-    task.add_argument("--train-limit", type=_positive_int, help="use only N training examples")
-    task.add_argument("--test-limit", type=_positive_int, help="use only N test examples")
+    task.add_argument("--image-size", type=positive_int, help="imagefolder image side")
+    task.add_argument("--max-length", type=positive_int, help="tokens per text")
+    task.add_argument("--context", type=positive_int, help="characters per LM window")
+    task.add_argument("--vocab-size", type=positive_int, help="WordPiece vocabulary size")
+    task.add_argument("--train-limit", type=positive_int, help="use only N training examples")
+    task.add_argument("--test-limit", type=positive_int, help="use only N test examples")
 
     run = parser.add_argument_group("training")
     if single_run:
@@ -135,26 +117,26 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
 
         run.add_argument("--optimizer", type=_optimizer_name, help="optimizer (default: alto)")
         run.add_argument("--lr", type=_positive_float, help="base learning rate (default: 1e-3)")
-        run.add_argument("--seed", type=_non_negative_int, help="random seed (default: 0)")
+        run.add_argument("--seed", type=non_negative_int, help="random seed (default: 0)")
         run.add_argument(
             "--dist",
             choices=DISTRIBUTED,
             help="data-parallel across the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
             "--batch-size stays the global batch",
         )
-    run.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    run.add_argument("--batch-size", type=positive_int, help="global batch size")
     run.add_argument(
         "--micro-batch-size",
-        type=_positive_int,
+        type=positive_int,
         help="examples per forward/backward pass; gradients accumulate up to --batch-size",
     )
-    run.add_argument("--eval-batch-size", type=_positive_int, help="examples per eval pass")
-    run.add_argument("--epochs", type=_positive_int, help="passes over the training set")
+    run.add_argument("--eval-batch-size", type=positive_int, help="examples per eval pass")
+    run.add_argument("--epochs", type=positive_int, help="passes over the training set")
     run.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (default: constant)")
     run.add_argument("--warmup-epochs", type=_non_negative_float, help="linear lr warmup")
     run.add_argument("--poly-power", type=_positive_float, help="exponent of the poly schedule")
     run.add_argument("--lr-scaling", choices=SCALING_RULES, help="lr scaling with batch size")
-    run.add_argument("--base-batch-size", type=_positive_int, help="batch size --lr applies to")
+    run.add_argument("--base-batch-size", type=positive_int, help="batch size --lr applies to")
     run.add_argument("--clip-grad-norm", type=_positive_float, help="clip the gradient norm")
     run.add_argument("--weight-decay", type=_non_negative_float, help="weight decay")
     run.add_argument(
@@ -446,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         help="runs at a time, each in its own process (default: 2 with 2+ CPUs)",
     )
     where = compare.add_mutually_exclusive_group()
@@ -503,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr", type=float, help="one lr for every run (default: the rule above)"
     )
     landscape.add_argument(
-        "--steps", type=_positive_int, help="steps per run (default: per function)"
+        "--steps", type=positive_int, help="steps per run (default: per function)"
     )
     landscape.add_argument("--out", help="output directory (default: runs/landscape-<time>)")
     landscape.add_argument("--quiet", action="store_true", help="no progress lines")

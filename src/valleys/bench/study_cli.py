@@ -12,20 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from valleys._argtypes import positive_int
+
 __all__ = ["add_report_parser", "add_study_parser", "report_command", "study_command"]
 
 _EXIT_ERROR = 1
 _CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -44,7 +36,7 @@ def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("config", help="study configuration (.toml, .yaml or .yml)")
     parser.add_argument(
         "--jobs",
-        type=_jobs,
+        type=positive_int,
         help="worker processes, each with cpu_count / jobs threads (default: 2 where there are 2 or "
         "more CPUs, as for valleys compare: two 1-thread runs beat one 2-thread run)",
     )
