@@ -58,6 +58,54 @@ def _apply_lr_(param: Tensor, update: Tensor, lr: Number) -> None:
         param.add_(update, alpha=-lr)
 
 
+def _apply_lr_multi_(
+    params: list[Tensor], updates: list[Tensor], lr: Number, owned: bool = True
+) -> None:
+    """``params -= lr * updates``; ``updates`` are overwritten only when ``owned`` (this step's
+    own temporaries, not state such as momentum buffers)."""
+    if not isinstance(lr, Tensor):
+        torch._foreach_add_(params, updates, alpha=-lr)
+        return
+    if owned:
+        torch._foreach_mul_(updates, lr)
+    else:
+        updates = torch._foreach_mul(updates, lr)
+    torch._foreach_sub_(params, updates)
+
+
+def _moments_(
+    exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta2: float, beta3: float
+) -> None:
+    r""":math:`m \leftarrow \beta_2 m + (1-\beta_2) u`, :math:`v \leftarrow \beta_3 v + (1-\beta_3) u^2`,
+    in place (also traced into the compiled kernels)."""
+    exp_avg.lerp_(grad, 1 - beta2)
+    exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+
+
+def _moments_multi_(
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grads: list[Tensor],
+    beta2: float,
+    beta3: float,
+) -> None:
+    """:func:`_moments_` for lists of tensors."""
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+    torch._foreach_mul_(exp_avg_sqs, beta3)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta3)
+
+
+def _add_multi(
+    tensors: list[Tensor], owned: bool, others: list[Tensor], alpha: float
+) -> tuple[list[Tensor], bool]:
+    """``tensors + alpha * others``, in place when ``tensors`` are owned temporaries; the result
+    is always owned."""
+    if owned:
+        torch._foreach_add_(tensors, others, alpha=alpha)
+        return tensors, True
+    return torch._foreach_add(tensors, others, alpha=alpha), True
+
+
 def _scaled(grad: Tensor, grad_scale: Tensor | None, maximize: bool) -> Tensor:
     """The gradient the update uses: clipped by ``grad_scale`` and negated under ``maximize``.
 
@@ -178,8 +226,7 @@ def _single_tensor_alto(
             grad = _explore_single(grad, grad_emas[i], alpha, beta1)
         step += 1
 
-        exp_avg.lerp_(grad, 1 - beta2)
-        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+        _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
         if bias_correction:
             dtype = _opmath(param.dtype)
@@ -235,9 +282,7 @@ def _multi_tensor_alto(
             g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
         torch._foreach_add_(s, 1)
 
-        torch._foreach_lerp_(m, g, 1 - beta2)
-        torch._foreach_mul_(v, beta3)
-        torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+        _moments_multi_(m, v, g, beta2, beta3)
         del g  # frees ĝ before the update's temporary is allocated
 
         dtype = _opmath(key[1])
@@ -259,11 +304,7 @@ def _multi_tensor_alto(
                 norms = reduce_norms(norms.square(), idx).sqrt()
             ratios = _trust_ratio(norms[0], norms[1], eps2, eps3)
             torch._foreach_mul_(update, ratios.unbind(0))
-        if isinstance(lr, Tensor):
-            torch._foreach_mul_(update, lr)
-            torch._foreach_sub_(p, update)
-        else:
-            torch._foreach_add_(p, update, alpha=-lr)
+        _apply_lr_multi_(p, update, lr)
 
 
 def alto(
@@ -375,8 +416,7 @@ def _single_tensor_eadam(
         if grad_emas is not None:
             grad = _explore_single(grad, grad_emas[i], alpha, beta1)
 
-        exp_avg.lerp_(grad, 1 - beta2)
-        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+        _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
         dtype = _opmath(param.dtype)
         denom = (exp_avg_sq.sqrt() / _bias_correction(beta3, step, dtype).sqrt()).add_(eps)
@@ -413,27 +453,19 @@ def _multi_tensor_eadam(
         if weight_decay != 0:
             if decoupled_weight_decay:
                 torch._foreach_mul_(p, 1 - lr * weight_decay)
-            elif owned:
-                torch._foreach_add_(g, p, alpha=weight_decay)
             else:
-                g, owned = torch._foreach_add(g, p, alpha=weight_decay), True
+                g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
             g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
 
-        torch._foreach_lerp_(m, g, 1 - beta2)
-        torch._foreach_mul_(v, beta3)
-        torch._foreach_addcmul_(v, g, g, value=1 - beta3)
+        _moments_multi_(m, v, g, beta2, beta3)
         del g  # frees ĝ before the update's temporary is allocated
 
         update = _adam_update_multi(
             m, v, s, beta2=beta2, beta3=beta3, eps=eps, bias_correction=True,
             dtype=_opmath(key[1]),
         )  # fmt: skip
-        if isinstance(lr, Tensor):
-            torch._foreach_mul_(update, lr)
-            torch._foreach_sub_(p, update)
-        else:
-            torch._foreach_add_(p, update, alpha=-lr)
+        _apply_lr_multi_(p, update, lr)
 
 
 def eadam(
@@ -549,10 +581,7 @@ def _multi_tensor_esgd(
         p = [params[i] for i in idx]
         g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         if weight_decay != 0:
-            if owned:
-                torch._foreach_add_(g, p, alpha=weight_decay)
-            else:
-                g, owned = torch._foreach_add(g, p, alpha=weight_decay), True
+            g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
             g, owned = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned), True
         if momentum != 0:
@@ -565,20 +594,8 @@ def _multi_tensor_esgd(
                 else:
                     buf.mul_(momentum).add_(g[j], alpha=1 - dampening)
                 bufs.append(buf)
-            if not nesterov:
-                g, owned = bufs, False
-            elif owned:
-                torch._foreach_add_(g, bufs, alpha=momentum)
-            else:
-                g, owned = torch._foreach_add(g, bufs, alpha=momentum), True
-        if isinstance(lr, Tensor):
-            if owned:
-                torch._foreach_mul_(g, lr)
-            else:
-                g = torch._foreach_mul(g, lr)
-            torch._foreach_sub_(p, g)
-        else:
-            torch._foreach_add_(p, g, alpha=-lr)
+            g, owned = _add_multi(g, owned, bufs, momentum) if nesterov else (bufs, False)
+        _apply_lr_multi_(p, g, lr, owned)
 
 
 def esgd(

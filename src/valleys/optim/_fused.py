@@ -37,6 +37,7 @@ from ._functional import (
     Number,
     _explore_single,
     _group_by_device_and_dtype,
+    _moments_,
     _opmath,
     _scaled,
     _trust_ratio,
@@ -116,14 +117,27 @@ def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _bias_scales(
-    beta2: float, beta3: float, steps: list[Tensor], dtype: torch.dtype
-) -> tuple[list[Tensor], list[Tensor]]:
-    r"""Per tensor, :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}` as 0-d tensors."""
-    k = torch.stack(steps).to(dtype)
+def _step_scalars(
+    steps: list[Tensor],
+    lr: Number,
+    device: torch.device,
+    dtype: torch.dtype,
+    beta2: float,
+    beta3: float,
+    bias_correction: bool,
+) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
+    r"""Advance one (device, dtype) bucket's step counters and return what its kernels take: the
+    lr as a 0-d tensor and, per tensor, :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}`
+    (None without bias correction), all in the bucket's scalar dtype."""
+    torch._foreach_add_(steps, 1)
+    opmath = _opmath(dtype)
+    lr_t = _scalar_tensor(lr, opmath, device)
+    if not bias_correction:
+        return lr_t, [None] * len(steps), [None] * len(steps)
+    k = torch.stack(steps).to(opmath)
     m_scales = torch.reciprocal(1 - torch.pow(beta2, k))
     v_scales = torch.rsqrt(1 - torch.pow(beta3, k))
-    return list(m_scales.unbind(0)), list(v_scales.unbind(0))
+    return lr_t, list(m_scales.unbind(0)), list(v_scales.unbind(0))
 
 
 # --------------------------------------------------------------------------------------------- ALTO
@@ -166,8 +180,7 @@ def _alto_moments(
     grad = _scaled(grad, grad_scale, maximize)
     if grad_ema is not None:
         grad = _explore_single(grad, grad_ema, alpha, beta1)
-    exp_avg.lerp_(grad, 1 - beta2)
-    exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+    _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
 
 def _alto_kernel(
@@ -302,14 +315,9 @@ def _fused_alto(
     one loop that recomputes the update from the moments and moves the parameter.
     """
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
-        opmath = _opmath(dtype)
-        group_steps = [steps[i] for i in idx]
-        torch._foreach_add_(group_steps, 1)
-        lr_t = _scalar_tensor(lr, opmath, device)
-        no_scales: list[Tensor | None] = [None] * len(idx)
-        m_scales, v_scales = no_scales, no_scales
-        if bias_correction:
-            m_scales, v_scales = _bias_scales(beta2, beta3, group_steps, opmath)
+        lr_t, m_scales, v_scales = _step_scalars(
+            [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction
+        )
         tensors = (device.type, dtype)
         kernel = _kernel(
             _alto_kernel,
@@ -395,8 +403,7 @@ def _eadam_kernel(
                 grad = grad + weight_decay * param
         if grad_ema is not None:
             grad = _explore_single(grad, grad_ema, alpha, beta1)
-        exp_avg.lerp_(grad, 1 - beta2)
-        exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
+        _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
         param.sub_(exp_avg * (m_scale * lr) / (exp_avg_sq.sqrt() * v_scale + eps))
 
     return eadam_tensor
@@ -424,11 +431,9 @@ def _fused_eadam(
     """EAdam(W) with one compiled kernel per tensor (one loop over its elements)."""
     config = (beta1, beta2, beta3, alpha, eps, weight_decay, decoupled_weight_decay, maximize)
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
-        opmath = _opmath(dtype)
-        group_steps = [steps[i] for i in idx]
-        torch._foreach_add_(group_steps, 1)
-        lr_t = _scalar_tensor(lr, opmath, device)
-        m_scales, v_scales = _bias_scales(beta2, beta3, group_steps, opmath)
+        lr_t, m_scales, v_scales = _step_scalars(
+            [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction=True
+        )
         kernel = _kernel(_eadam_kernel, config, (device.type, dtype))
         with _constant_floats():
             for j, i in enumerate(idx):
