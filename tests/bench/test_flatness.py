@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 from torch import nn
 from torch.func import functional_call
 
@@ -26,14 +27,7 @@ from valleys.bench.flatness import (
 DIM = 20
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # These are tiny-tensor workloads: on a shared 2-core machine OpenMP threads waiting at
-    # barriers for a descheduled sibling make them 20-100x slower, and one thread loses nothing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def symmetric_with_eigenvalues(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
 from valleys.bench.checkpoint import CheckpointError
 from valleys.bench.flatness_run import FLATNESS_FILE, FlatnessSettings, measure_run, plot_profiles
@@ -20,12 +21,7 @@ SMALL = FlatnessSettings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

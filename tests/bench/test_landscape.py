@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
 from valleys.bench.landscape import (
     FUNCTIONS,
@@ -23,15 +24,7 @@ from valleys.bench.landscape import (
     two_wells,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny-tensor workloads: on a shared 2-core machine OpenMP barriers waiting for a descheduled
-    # sibling thread make them many times slower, and one thread loses nothing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def at(*coordinates: float) -> torch.Tensor:

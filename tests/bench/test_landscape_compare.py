@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
 from valleys.bench.landscape_compare import (
     STORED_POINTS,
@@ -14,13 +14,7 @@ from valleys.bench.landscape_compare import (
     write_report,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_alto_travels_where_lamb_stops_and_the_report_is_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
