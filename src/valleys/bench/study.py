@@ -1069,6 +1069,18 @@ def _cached(storage: RDBStorage) -> BaseStorage:
     return get_storage(storage)
 
 
+def _study_storage(config: StudyConfig, url: str) -> BaseStorage:
+    """The storage at ``url`` with ``config``'s heartbeat and retry settings, as workers use it."""
+    return _cached(
+        open_storage(
+            url,
+            heartbeat_interval=config.heartbeat_interval,
+            grace_period=config.grace_period,
+            max_retry=config.max_retry,
+        )
+    )
+
+
 def worst_value(maximize: bool) -> float:
     """The value of a diverged run, and of a run that never reached the target.
 
@@ -1262,14 +1274,7 @@ def _work(config: StudyConfig, out: Path, url: str, *, quiet: bool) -> int:
 
     from valleys.bench.tasks import build_task
 
-    storage = _cached(
-        open_storage(
-            url,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            max_retry=config.max_retry,
-        )
-    )
+    storage = _study_storage(config, url)
     plans = config.plan()
     # The data is loaded before any trial is taken, so a missing data set fails no trial.
     task = build_task(config.task, config.task_options)
@@ -1526,14 +1531,7 @@ def run_study(
     folder = Path(out) if out is not None else default_out_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     url = storage_url(config, folder, storage)
-    rdb = _cached(
-        open_storage(
-            url,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            max_retry=config.max_retry,
-        )
-    )
+    rdb = _study_storage(config, url)
     plans = _prepare(config, rdb)
     from valleys.bench.checkpoint import write_json_atomic
 
