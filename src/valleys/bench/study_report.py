@@ -481,6 +481,8 @@ def _best_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
 def _all_config_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
     """Every configuration of every optimizer and batch size, best first: where the best one is
     fragile (e.g. reached the target fastest but later collapsed), its neighbours show it."""
+    if all(len(u.configs) < 2 for u in units):
+        return []
     rows = []
     for unit in units:
         ranked = sorted(unit.configs, key=lambda c: c.value(unit.maximize), reverse=unit.maximize)
@@ -500,8 +502,6 @@ def _all_config_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
                     + (f" ({config.diverged} diverged)" if config.diverged else ""),
                 ]
             )
-    if all(len(u.configs) < 2 for u in units):
-        return []
     return [
         "## Every configuration",
         "",
