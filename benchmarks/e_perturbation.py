@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from valleys.bench.run.train import accumulate_gradients, epoch_batches
 from valleys.bench.tasks import TaskOptions, build_task
-from valleys.bench.train import accumulate_gradients, epoch_batches
 from valleys.optim import create_optimizer
 
 

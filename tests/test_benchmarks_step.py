@@ -45,7 +45,7 @@ def test_quick_run_writes_a_report(tmp_path: Path) -> None:
 
 
 def test_valleys_bench_step_runs_the_same_benchmark(tmp_path: Path) -> None:
-    from valleys.cli import main
+    from valleys.commands.main import main
 
     out = tmp_path / "cli.json"
     assert (
@@ -67,7 +67,7 @@ def test_valleys_bench_step_runs_the_same_benchmark(tmp_path: Path) -> None:
 def test_traffic_model_bandwidth_and_a_variant_that_cannot_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from valleys.bench import step_benchmark
+    from valleys.bench.perf import step as step_benchmark
 
     def unsupported(params: list[torch.Tensor]) -> torch.optim.Optimizer:
         raise RuntimeError("no kernel for this device\nsecond line")
@@ -97,7 +97,7 @@ def test_traffic_model_bandwidth_and_a_variant_that_cannot_run(
 
 
 def test_device_without_cuda_is_refused(tmp_path: Path) -> None:
-    from valleys.bench.step_benchmark import main
+    from valleys.bench.perf.step import main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

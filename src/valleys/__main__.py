@@ -1,5 +1,5 @@
 """``python -m valleys``: the ``valleys`` command (also what ``torchrun -m valleys`` runs)."""
 
-from valleys.cli import main
+from valleys.commands.main import main
 
 raise SystemExit(main())

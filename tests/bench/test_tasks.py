@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from valleys.bench.data import DatasetMissing
+from valleys.bench.run.train import TrainConfig, train
 from valleys.bench.tasks import (
     TASKS,
     Split,
@@ -19,7 +20,6 @@ from valleys.bench.tasks import (
     build_task,
     normalise_images,
 )
-from valleys.bench.train import TrainConfig, train
 
 
 def _build(name: str, options: TaskOptions):

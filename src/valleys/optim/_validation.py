@@ -37,12 +37,18 @@ def check_betas(betas: tuple[float, ...], names: tuple[str, ...]) -> None:
         check_beta(f"betas[{i}] ({name})", value)
 
 
+def e_stable(alpha: float, beta: float) -> bool:
+    r"""Whether E is stable: :math:`0 \le \beta_1 < 1` and :math:`|\alpha| < 1/(1-\beta_1)`
+    (PAPER.md, "The E adaptor")."""
+    return 0.0 <= beta < 1.0 and abs(alpha) < 1.0 / (1.0 - beta)
+
+
 def check_alpha(alpha: float, beta: float, beta_name: str) -> None:
-    r"""E is stable only for :math:`|\alpha| < 1/(1-\beta_1)` (PAPER.md, "The E adaptor")."""
+    r"""Refuse an α outside E's stable region (:func:`e_stable`) for a valid β1."""
     if not (isinstance(alpha, int | float) and math.isfinite(alpha)):
         raise ValueError(f"Invalid alpha: {alpha!r}; expected a finite number")
-    bound = 1.0 / (1.0 - beta)
-    if not abs(alpha) < bound:
+    if not e_stable(alpha, beta):
+        bound = 1.0 / (1.0 - beta)
         raise ValueError(
             f"Invalid alpha: {alpha!r}; E is stable only for |alpha| < 1/(1 - {beta_name}) = "
             f"{bound:g} with {beta_name}={beta!r}"

@@ -1,8 +1,11 @@
-"""Optimizers by name, with capability metadata, and ``create_optimizer``.
+"""Optimizers by name, with what the harness needs to know about them, and ``create_optimizer``.
 
 Names: ``alto``, ``alto_vanilla``, ``lamb``, ``eadam``, ``eadamw``, ``esgd``; every torch optimizer
 that steps on gradients alone (``sgd``, ``adam``, ``adamw``, ``adagrad``, ``rmsprop``, ...); and
 ``e_<torch name>`` (``e_adamw``, ``e_sgd``, ...) for that optimizer wrapped in :class:`Explore`.
+
+Everything outside this module asks an :class:`OptimizerInfo` instead of branching on names or
+classes: a new optimizer is one entry in :func:`_build_registry`.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ._validation import e_stable
 from .alto import ALTO, Lamb
 from .eadam import EAdam, EAdamW
 from .esgd import ESGD
@@ -52,23 +56,86 @@ _TORCH_OPTIMIZERS = (
 
 _SGD_DEFAULTS: dict[str, Any] = {"momentum": 0.9}
 
+Family = Literal["sgd", "adaptive", "layerwise"]
+"""The kind of update, which decides the lr scale: plain gradient steps (SGD, ESGD), per-coordinate
+normalised steps (Adam and kin), or per-tensor trust-ratio steps (LAMB, ALTO)."""
+
+EStyle = Literal["betas", "beta", "explore"]
+"""How E's α and β1 reach the constructor: ``alpha`` and ``betas[0]`` (ALTO, EAdam), ``alpha`` and
+``beta`` (ESGD), or the :class:`Explore` wrapper's ``alpha`` and ``beta`` around ``factory``."""
+
 
 @dataclass(frozen=True)
 class OptimizerInfo:
-    """What the registry knows about one optimizer name."""
+    """What the registry knows about one optimizer name.
+
+    The harness speaks of E's parameters as ``alpha`` and ``beta1`` only; :meth:`e_kwargs` turns
+    them into this optimizer's constructor arguments.
+    """
 
     name: str
     description: str
     factory: Callable[..., Optimizer]
-    explores: bool
-    """Whether it applies E (has α and β1)."""
-    layerwise: bool
-    """Whether it scales updates by a per-tensor trust ratio."""
-    e_style: str | None = None
-    """How α, β1 are passed: ``"betas"`` (``alpha`` and ``betas[0]``) or ``"beta"`` (``alpha``,
-    ``beta``); None when it does not explore."""
+    """The class (for ``e_style == "explore"``: the class :class:`Explore` wraps)."""
+    family: Family
+    base: str
+    """The registry name of the same optimizer without E (its own name when it does not explore)."""
+    e_style: EStyle | None = None
+    """How α and β1 are passed; None when it does not explore."""
     defaults: dict[str, Any] = field(default_factory=dict)
-    """Keyword defaults the factory adds (overridable)."""
+    """Keyword defaults the factory gets on top of its own (overridable)."""
+
+    @property
+    def explores(self) -> bool:
+        """Whether it applies E (has α and β1)."""
+        return self.e_style is not None
+
+    @property
+    def layerwise(self) -> bool:
+        """Whether it scales updates by a per-tensor trust ratio."""
+        return self.family == "layerwise"
+
+    @property
+    def clips(self) -> bool:
+        """Whether it clips the global gradient norm unless told otherwise."""
+        return self.default("max_grad_norm") is not None
+
+    def default(self, arg: str, fallback: Any = None) -> Any:
+        """The value ``arg`` takes when not given: the entry's default, else the constructor's."""
+        if arg in self.defaults:
+            return self.defaults[arg]
+        parameter = inspect.signature(self.factory).parameters.get(arg)
+        if parameter is None or parameter.default is inspect.Parameter.empty:
+            return fallback
+        return parameter.default
+
+    def accepts(self, arg: str) -> bool:
+        """Whether the constructor takes ``arg`` (E's ``alpha`` and ``beta1`` when it explores)."""
+        if arg in ("alpha", "beta1"):
+            return self.explores
+        return arg in inspect.signature(self.factory).parameters
+
+    def e_kwargs(self, alpha: float | None = None, beta1: float | None = None) -> dict[str, Any]:
+        """Constructor arguments setting E's α and β1 (those given), this optimizer's way.
+
+        β1 through ``betas`` keeps the other moments at their defaults. Empty when nothing is
+        given; ``ValueError`` when something is given to an optimizer that does not explore.
+        """
+        if alpha is None and beta1 is None:
+            return {}
+        if not self.explores:
+            raise ValueError(f"{self.name} does not apply E: it takes no alpha or beta1")
+        kwargs: dict[str, Any] = {} if alpha is None else {"alpha": float(alpha)}
+        if beta1 is not None:
+            if self.e_style == "betas":
+                kwargs["betas"] = (float(beta1), *tuple(self.default("betas"))[1:])
+            else:
+                kwargs["beta"] = float(beta1)
+        return kwargs
+
+    def stable(self, alpha: float, beta1: float) -> bool:
+        """Whether (α, β1) lies in E's stable region |α| < 1/(1 − β1), 0 ≤ β1 < 1."""
+        return e_stable(alpha, beta1)
 
 
 def explore_defaults(batch_size: int | None) -> dict[str, float]:
@@ -77,57 +144,61 @@ def explore_defaults(batch_size: int | None) -> dict[str, float]:
     None means "large batch", the defaults of the optimizer classes.
     """
     if batch_size is not None and batch_size < LARGE_BATCH:
-        return {"alpha": 0.5, "beta": 0.01}
-    return {"alpha": -5.0, "beta": 0.99}
-
-
-def _torch_class(name: str) -> type[Optimizer] | None:
-    return getattr(torch.optim, name, None)
+        return {"alpha": 0.5, "beta1": 0.01}
+    return {"alpha": -5.0, "beta1": 0.99}
 
 
 def _build_registry() -> dict[str, OptimizerInfo]:
     infos = [
         OptimizerInfo(
-            "alto", "ALTO: E + LAMB with bias correction (Algorithm 2)", ALTO, True, True, "betas"
+            "alto",
+            "ALTO: E + LAMB with bias correction (Algorithm 2)",
+            ALTO,
+            "layerwise",
+            "lamb",
+            "betas",
         ),
         OptimizerInfo(
             "alto_vanilla",
             "ALTO without bias correction (Algorithm 1)",
             ALTO,
-            True,
-            True,
+            "layerwise",
+            "lamb",
             "betas",
             {"bias_correction": False},
         ),
-        OptimizerInfo("lamb", "LAMB: ALTO's kernel with α = 0", Lamb, False, True),
-        OptimizerInfo("eadam", "Adam on E's gradient (Algorithm 4)", EAdam, True, False, "betas"),
-        OptimizerInfo("eadamw", "AdamW on E's gradient", EAdamW, True, False, "betas"),
+        OptimizerInfo("lamb", "LAMB: ALTO's kernel with α = 0", Lamb, "layerwise", "lamb"),
+        OptimizerInfo(
+            "eadam", "Adam on E's gradient (Algorithm 4)", EAdam, "adaptive", "adam", "betas"
+        ),
+        OptimizerInfo("eadamw", "AdamW on E's gradient", EAdamW, "adaptive", "adamw", "betas"),
         OptimizerInfo(
             "esgd",
             "SGD with momentum 0.9 on E's gradient (Algorithm 3)",
             ESGD,
-            True,
-            False,
+            "sgd",
+            "sgd",
             "beta",
             dict(_SGD_DEFAULTS),
         ),
     ]
     for cls_name in _TORCH_OPTIMIZERS:
-        cls = _torch_class(cls_name)
+        cls = getattr(torch.optim, cls_name, None)
         if cls is None:
             continue
         name = cls_name.lower()
-        extra = _SGD_DEFAULTS if name == "sgd" else {}
+        family: Family = "sgd" if cls is torch.optim.SGD else "adaptive"
+        extra = _SGD_DEFAULTS if family == "sgd" else {}
         label = f"torch.optim.{cls_name}" + (" (momentum 0.9)" if extra else "")
-        infos.append(OptimizerInfo(name, label, cls, False, False, None, dict(extra)))
+        infos.append(OptimizerInfo(name, label, cls, family, name, None, dict(extra)))
         infos.append(
             OptimizerInfo(
                 f"e_{name}",
                 f"{label} wrapped in Explore (E)",
                 cls,
-                True,
-                False,
-                "beta",
+                family,
+                name,
+                "explore",
                 dict(extra),
             )
         )
@@ -181,29 +252,20 @@ def create_optimizer(
     kwargs: dict[str, Any] = {**info.defaults, **overrides}
     explore_kwargs: dict[str, Any] = {}
     if info.explores:
-        e = explore_defaults(batch_size)
-        if info.e_style == "betas":
-            kwargs.setdefault("alpha", e["alpha"])
-            if "betas" not in kwargs:
-                default_betas = _default(info.factory, "betas")
-                kwargs["betas"] = (e["beta"], *default_betas[1:])
-        elif info.factory is ESGD:
-            kwargs.setdefault("alpha", e["alpha"])
-            kwargs.setdefault("beta", e["beta"])
-        else:
-            explore_kwargs = {
-                "alpha": kwargs.pop("alpha", e["alpha"]),
-                "beta": kwargs.pop("beta", e["beta"]),
-            }
+        rule = explore_defaults(batch_size)
+        e_given = {"alpha", "beta", "betas"} & kwargs.keys()
+        e = info.e_kwargs(
+            alpha=None if "alpha" in kwargs else rule["alpha"],
+            beta1=None if {"beta", "betas"} & e_given else rule["beta1"],
+        )
+        kwargs = {**e, **kwargs}
+        if info.e_style == "explore":
+            explore_kwargs = {"alpha": kwargs.pop("alpha"), "beta": kwargs.pop("beta")}
             if "explore_foreach" in kwargs:
                 explore_kwargs["foreach"] = kwargs.pop("explore_foreach")
 
     if isinstance(model_or_params, nn.Module):
-        decay = (
-            weight_decay
-            if weight_decay is not None
-            else _default(info.factory, "weight_decay", 0.0)
-        )
+        decay = weight_decay if weight_decay is not None else info.default("weight_decay", 0.0)
         params: Any = param_groups(model_or_params, decay)
     else:
         params = list(model_or_params)
@@ -214,11 +276,3 @@ def create_optimizer(
     if explore_kwargs:
         return Explore(optimizer, **explore_kwargs)
     return optimizer
-
-
-def _default(factory: Callable[..., Optimizer], arg: str, fallback: Any = None) -> Any:
-    """The default of a constructor argument, read from its signature."""
-    parameter = inspect.signature(factory).parameters.get(arg)
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        return fallback
-    return parameter.default

@@ -1,8 +1,8 @@
 """The ``valleys study`` and ``valleys report`` commands, as parsers the main command adds.
 
 ``valleys report`` serves both kinds of result folder: a study folder (``study.json``) gets the study
-report of :mod:`valleys.bench.study_report`, a comparison folder (``compare.json``) is redrawn by
-:func:`valleys.bench.compare.rerender` as before, so one ``report`` command covers both.
+report of :mod:`valleys.bench.study.report`, a comparison folder (``compare.json``) is redrawn by
+:func:`valleys.bench.compare.run.rerender` as before, so one ``report`` command covers both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from valleys._argtypes import positive_int
+from valleys.commands._argtypes import positive_int
 
 __all__ = ["add_report_parser", "add_study_parser", "report_command", "study_command"]
 
@@ -22,7 +22,7 @@ _CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 
 def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``study`` to the ``valleys`` subcommands; its handler is :func:`study_command`."""
-    from valleys.bench.study import describe_quick
+    from valleys.bench.study.runner import describe_quick
 
     parser = subparsers.add_parser(
         "study",
@@ -52,8 +52,9 @@ def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def study_command(args: argparse.Namespace) -> int:
     """Run the study of ``args.config``; write its report when every planned trial is complete."""
-    from valleys.bench.compare import default_jobs
-    from valleys.bench.study import (
+    from valleys.bench.compare.run import default_jobs
+    from valleys.bench.study.report import write_study_report
+    from valleys.bench.study.runner import (
         StudyError,
         default_out_dir,
         load_study_config,
@@ -61,7 +62,6 @@ def study_command(args: argparse.Namespace) -> int:
         run_study,
         storage_url,
     )
-    from valleys.bench.study_report import write_study_report
 
     try:
         config = load_study_config(args.config)
@@ -105,15 +105,15 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the report of ``args.target`` (a study folder, a study config, or a comparison)."""
-    from valleys.bench.compare import COMPARE_FILE, rerender
-    from valleys.bench.study import (
+    from valleys.bench.compare.run import COMPARE_FILE, rerender
+    from valleys.bench.study.report import study_location, write_study_report
+    from valleys.bench.study.runner import (
         STUDY_FILE,
         StudyError,
         default_out_dir,
         load_study_config,
         redact_url,
     )
-    from valleys.bench.study_report import study_location, write_study_report
 
     target = Path(args.target)
     try:

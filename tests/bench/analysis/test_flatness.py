@@ -1,4 +1,4 @@
-"""Tests for valleys.bench.flatness: exact answers on quadratics and a small BatchNorm conv net."""
+"""Tests for valleys.bench.analysis.flatness: exact answers on quadratics and a small BatchNorm conv net."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 from torch import nn
 from torch.func import functional_call
 
-from valleys.bench.flatness import (
+from valleys.bench.analysis.flatness import (
     distance_travelled,
     filter_normalized_direction,
     hutchinson_trace,

@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage, RDBStorage
     from optuna.trial import FrozenTrial
 
+    from valleys.bench.run.train import RunResult, TrainConfig
     from valleys.bench.tasks import Task
-    from valleys.bench.train import RunResult, TrainConfig
 
 __all__ = [
     "KINDS",
@@ -113,7 +113,7 @@ TRAINING_KEYS = (
     "poly_power",
     "device",
 )
-"""Training options shared by every run of a study (see :class:`~valleys.bench.train.TrainConfig`)."""
+"""Training options shared by every run of a study (see :class:`~valleys.bench.run.train.TrainConfig`)."""
 
 STUDY_FILE = "study.json"
 """Written into a study's output directory: its name, storage and configuration, for reports."""
@@ -335,20 +335,11 @@ class StudyConfig:
         self, unit: StudyUnit, params: Mapping[str, float | int], seed: int
     ) -> TrainConfig:
         """The run of ``params`` (without ``seed``) for ``seed``: E's β1 passed the optimizer's way."""
-        from valleys.bench.train import TrainConfig
+        from valleys.bench.run.train import TrainConfig
         from valleys.optim import optimizer_info
 
         info = optimizer_info(unit.optimizer)
-        args: dict[str, Any] = {}
-        if "alpha" in params:
-            args["alpha"] = float(params["alpha"])
-        if "beta1" in params:
-            beta1 = float(params["beta1"])
-            if info.e_style == "betas":
-                # Only E's factor is searched; the moments keep the class's defaults.
-                args["betas"] = (beta1, *_default_betas(info)[1:])
-            else:
-                args["beta"] = beta1
+        args = info.e_kwargs(params.get("alpha"), params.get("beta1"))
         if "momentum" in params:
             args["momentum"] = float(params["momentum"])
         weight_decay = params.get("weight_decay")
@@ -437,7 +428,7 @@ class StudyConfig:
     def _check_point(self, unit: StudyUnit, params: Mapping[str, float]) -> None:
         from torch import nn
 
-        from valleys.bench.train import make_optimizer
+        from valleys.bench.run.train import make_optimizer
 
         try:
             config = self.train_config(unit, params, self.seeds[0])
@@ -501,28 +492,19 @@ def _quick_space(name: str, space: Space) -> Space:
     return values
 
 
-def _default_betas(info: Any) -> tuple[float, ...]:
-    betas = info.defaults.get("betas")
-    if betas is None:
-        betas = inspect.signature(info.factory).parameters["betas"].default
-    return tuple(betas)
-
-
 def _effective_e(unit: StudyUnit, params: Mapping[str, float]) -> tuple[float, float]:
     """(α, β1) a run will use: given values, else the paper's rule for the batch size."""
     from valleys.optim.registry import explore_defaults
 
     rule = explore_defaults(unit.batch_size)
-    return float(params.get("alpha", rule["alpha"])), float(params.get("beta1", rule["beta"]))
+    return float(params.get("alpha", rule["alpha"])), float(params.get("beta1", rule["beta1"]))
 
 
 def _stable(unit: StudyUnit, params: Mapping[str, float]) -> bool:
     from valleys.optim import optimizer_info
 
-    if not optimizer_info(unit.optimizer).explores:
-        return True
-    alpha, beta1 = _effective_e(unit, params)
-    return beta1 < 1 and abs(alpha) < 1 / (1 - beta1)
+    info = optimizer_info(unit.optimizer)
+    return not info.explores or info.stable(*_effective_e(unit, params))
 
 
 def _check_stable_box(unit: StudyUnit, space: Mapping[str, Space]) -> None:
@@ -854,15 +836,8 @@ def _parse_optimizers(
 
 
 def _valid_parameters(info: Any) -> list[str]:
-    accepted = inspect.signature(info.factory).parameters
-    valid = ["lr", "warmup_epochs"]
-    if "weight_decay" in accepted:
-        valid.append("weight_decay")
-    if "momentum" in accepted:
-        valid.append("momentum")
-    if info.explores:
-        valid += ["alpha", "beta1"]
-    return valid
+    optional = ("weight_decay", "momentum", "alpha", "beta1")
+    return ["lr", "warmup_epochs", *(name for name in optional if info.accepts(name))]
 
 
 def _parse_param(
@@ -1340,7 +1315,7 @@ def _seed_record(result: RunResult, seed: int, resumed: bool, value: float) -> d
 
 def _flatness_record(run_dir: Path) -> dict[str, Any]:
     """The end point's flatness (``valleys flatness``), for studies with ``flatness = true``."""
-    from valleys.bench.flatness_run import measure_run
+    from valleys.bench.analysis.flatness_runs import measure_run
 
     measured = measure_run(run_dir)
     return {
@@ -1377,7 +1352,7 @@ def _run_trial(
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import Trial, TrialState
 
-    from valleys.bench.train import CHECKPOINT_FILE, train
+    from valleys.bench.run.train import CHECKPOINT_FILE, train
 
     unit = plan.unit
     started = time.perf_counter()
@@ -1489,8 +1464,8 @@ def _worker_entry(config: StudyConfig, out: str, url: str, jobs: int, quiet: boo
     """Body of a ``--jobs`` worker process (spawned: a fresh interpreter)."""
     import torch
 
-    from valleys.bench.checkpoint import CheckpointError
     from valleys.bench.data import DatasetMissing
+    from valleys.bench.run.checkpoint import CheckpointError
 
     # N workers on C cores: each gets C/N threads instead of all of them fighting over C.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -1533,7 +1508,7 @@ def run_study(
     url = storage_url(config, folder, storage)
     rdb = _study_storage(config, url)
     plans = _prepare(config, rdb)
-    from valleys.bench.checkpoint import write_json_atomic
+    from valleys.bench.run.checkpoint import write_json_atomic
 
     write_json_atomic(
         folder / STUDY_FILE,

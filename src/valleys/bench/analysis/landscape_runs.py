@@ -23,9 +23,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim import available_optimizers, create_optimizer
-from .checkpoint import write_json_atomic
-from .landscape import FUNCTIONS, Trajectory, plot_trajectories, run_trajectory, summarize
+from valleys.bench.analysis.landscape import (
+    FUNCTIONS,
+    Trajectory,
+    plot_trajectories,
+    run_trajectory,
+    summarize,
+)
+from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.optim import available_optimizers, create_optimizer, optimizer_info
 
 __all__ = [
     "DEFAULT_OPTIMIZERS",
@@ -38,13 +44,6 @@ __all__ = [
 
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_OPTIMIZERS = ("sgd", "esgd", "adam", "eadam", "lamb", "alto")
-BASE_OF = {
-    "esgd": "sgd",
-    "eadam": "adam",
-    "eadamw": "adamw",
-    "alto": "lamb",
-    "alto_vanilla": "lamb",
-}
 
 PAPER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "f1": {
@@ -134,7 +133,7 @@ def run_landscapes(
         result.summaries[function] = {}
         result.settings[function] = {}
         for name in optimizers:
-            base = BASE_OF.get(name, name)
+            base = optimizer_info(name).base
             if lr is not None:
                 run_lr: float | None = lr
                 rule = "given"

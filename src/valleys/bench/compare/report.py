@@ -1,6 +1,6 @@
 """Tables and plots from stored run results.
 
-Everything here reads :class:`~valleys.bench.train.RunResult` records (as stored in JSON), never a
+Everything here reads :class:`~valleys.bench.run.train.RunResult` records (as stored in JSON), never a
 live run, so a report can be redrawn at any time from what is on disk.
 
 Learning-rate selection: for each optimizer, every lr of its grid is aggregated over seeds (mean and
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from valleys.bench.checkpoint import atomic_write_bytes
-from valleys.bench.train import RunResult
+from valleys.bench.run.checkpoint import atomic_write_bytes
+from valleys.bench.run.train import RunResult
 
 __all__ = [
     "Aggregate",
@@ -482,7 +482,7 @@ def _flatness_lines(results: Sequence[RunResult]) -> list[str]:
     """A section on the flatness of every run's end point that ``valleys flatness`` measured."""
     import json
 
-    from .flatness_run import FLATNESS_FILE
+    from valleys.bench.analysis.flatness_runs import FLATNESS_FILE
 
     rows = []
     for run in results:

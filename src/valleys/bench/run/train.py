@@ -12,7 +12,7 @@ Deterministic algorithms are switched on for the run. Together with checkpoints 
 optimizer, scheduler and RNG states, ``resume=True`` continues a run exactly where it stopped: a run
 of 4 epochs and a run of 2 epochs resumed for 2 more end with identical parameters and metrics.
 
-A run directory holds ``config.json``, ``metrics.jsonl`` (see :mod:`valleys.bench.metrics_log`),
+A run directory holds ``config.json``, ``metrics.jsonl`` (see :mod:`valleys.bench.run.metrics_log`),
 ``checkpoint.pt`` (rewritten atomically after every epoch) and ``result.json`` (written when the run
 ends: completed, diverged or interrupted).
 
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from valleys.bench.checkpoint import (
+from valleys.bench.run.checkpoint import (
     SHARDED_PREFIX,
     CheckpointError,
     get_rng_state,
@@ -56,8 +56,8 @@ from valleys.bench.checkpoint import (
     set_rng_state,
     write_json_atomic,
 )
-from valleys.bench.metrics_log import MetricsLog, read_metrics
-from valleys.bench.schedules import SCALING_RULES, SCHEDULES, build_schedule, scale_lr
+from valleys.bench.run.metrics_log import MetricsLog, read_metrics
+from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES, build_schedule, scale_lr
 from valleys.bench.tasks import Split, Task, TaskOptions, build_task, check_task_options
 
 __all__ = [
@@ -114,10 +114,10 @@ class TrainConfig:
         seed: seeds initialisation, dropout and the order of examples.
         micro_batch_size: examples per forward/backward pass (None: ``DEFAULT_MICRO_BATCH_SIZE``).
         eval_batch_size: examples per forward pass at evaluation.
-        schedule: one of :data:`valleys.bench.schedules.SCHEDULES`.
+        schedule: one of :data:`valleys.bench.run.schedules.SCHEDULES`.
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         poly_power: exponent of the ``poly`` schedule.
-        lr_scaling: one of :data:`valleys.bench.schedules.SCALING_RULES`.
+        lr_scaling: one of :data:`valleys.bench.run.schedules.SCALING_RULES`.
         base_batch_size: the batch size at which ``lr`` applies unscaled.
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
         weight_decay: the decay group's weight decay (None: the optimizer's default).
@@ -390,7 +390,7 @@ def init_distributed(device: str) -> torch.device:
         if "RANK" not in os.environ:
             raise RuntimeError(
                 "--dist needs the environment torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, ...): "
-                "launch with `torchrun --nproc_per_node=N -m valleys.cli train ... --dist ddp`"
+                "launch with `torchrun --nproc_per_node=N -m valleys.commands.main train ... --dist ddp`"
             )
         dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
     return wanted

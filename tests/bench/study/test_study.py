@@ -23,7 +23,8 @@ from study_fixtures import (
     write_study,
 )
 
-from valleys.bench.study import (
+from valleys.bench.study.report import write_study_report
+from valleys.bench.study.runner import (
     Range,
     StudyConfigError,
     StudyError,
@@ -32,8 +33,7 @@ from valleys.bench.study import (
     parse_study_config,
     run_study,
 )
-from valleys.bench.study_cli import add_study_parser
-from valleys.bench.study_report import write_study_report
+from valleys.commands.study import add_study_parser
 
 
 def _trials(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -171,10 +171,10 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_it_is_retried(tmp_path: 
     path = write_study(tmp_path / "study.toml", data)
     out = tmp_path / "out"
     code = (
-        "from valleys.bench.study import load_study_config, run_study; "
+        "from valleys.bench.study.runner import load_study_config, run_study; "
         f"run_study(load_study_config({str(path)!r}), {str(out)!r}, quiet=True)"
     )
-    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[3])
     checkpoint = out / "runs" / "sgd-bs16" / "lr=0.05" / "seed-0" / "checkpoint.pt"
     deadline = time.monotonic() + 60
     try:
@@ -370,7 +370,7 @@ def test_e_beta1_reaches_each_optimizer_its_own_way() -> None:
     [("batch_sweep", 42), ("beta_alpha_grid", 108), ("time_to_target", 18), ("equal_budget", 48)],
 )
 def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, trials: int) -> None:
-    path = Path(__file__).resolve().parents[2] / "studies" / f"{name}.toml"
+    path = Path(__file__).resolve().parents[3] / "studies" / f"{name}.toml"
     config = load_study_config(path)
     assert sum(len(plan.trials) for plan in config.plan()) == trials
     assert "# Run time on 2 CPU cores, measured" in path.read_text()
@@ -380,8 +380,8 @@ def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, tri
 def test_study_command_workers_default_to_compares(
     argv: list[str], expected: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from valleys.bench import study
-    from valleys.bench.compare import default_jobs
+    from valleys.bench.compare.run import default_jobs
+    from valleys.bench.study import runner as study
 
     seen: dict[str, int] = {}
 

@@ -1,4 +1,4 @@
-"""Tests for valleys.bench.landscape: formulas, basins, trajectories and the plot."""
+"""Tests for valleys.bench.analysis.landscape: formulas, basins, trajectories and the plot."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
-from valleys.bench.landscape import (
+from valleys.bench.analysis.landscape import (
     FUNCTIONS,
     TestFunction,
     Trajectory,

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from valleys._argtypes import non_negative_int, positive_int
+from valleys.commands._argtypes import non_negative_int, positive_int
 
 __all__ = ["build_parser", "main"]
 
@@ -46,7 +46,7 @@ _finite_float = _float_check(lambda v: True, "a finite number")
 
 
 def _optimizer_name(text: str) -> str:
-    from valleys.bench.train import check_optimizer_name
+    from valleys.bench.run.train import check_optimizer_name
 
     try:
         check_optimizer_name(text)
@@ -72,7 +72,7 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 
 def _lr_list(text: str) -> tuple[float, ...]:
-    from valleys.bench.compare import parse_floats
+    from valleys.bench.compare.run import parse_floats
 
     try:
         return parse_floats(text, "--lrs")
@@ -92,7 +92,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) -> None:
-    from valleys.bench.schedules import SCALING_RULES, SCHEDULES
+    from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES
     from valleys.bench.tasks import TASKS
 
     models = sorted({model for spec in TASKS.values() for model in spec.models})
@@ -113,7 +113,7 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
 
     run = parser.add_argument_group("training")
     if single_run:
-        from valleys.bench.train import DISTRIBUTED
+        from valleys.bench.run.train import DISTRIBUTED
 
         run.add_argument("--optimizer", type=_optimizer_name, help="optimizer (default: alto)")
         run.add_argument("--lr", type=_positive_float, help="base learning rate (default: 1e-3)")
@@ -168,7 +168,7 @@ _TASK_OPTIONS = (
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The training options the user gave, as TrainConfig / TaskOptions field names."""
-    from valleys.bench.train import TrainConfig
+    from valleys.bench.run.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} | set(_TASK_OPTIONS)
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -199,7 +199,7 @@ def _train(args: argparse.Namespace) -> int:
 def _train_run(args: argparse.Namespace) -> int:
     import json
 
-    from valleys.bench.train import CONFIG_FILE, TrainConfig, train
+    from valleys.bench.run.train import CONFIG_FILE, TrainConfig, train
 
     given = _given(args)
     if args.resume is not None:
@@ -243,7 +243,7 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _print_flatness(runs: Sequence[Path]) -> None:
-    from valleys.bench.flatness_run import measure_run
+    from valleys.bench.analysis.flatness_runs import measure_run
 
     for run in runs:
         f = measure_run(run)
@@ -265,7 +265,7 @@ def _train_distributed(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from valleys.bench.train import TrainConfig, init_distributed
+    from valleys.bench.run.train import TrainConfig, init_distributed
 
     init_distributed(args.device or TrainConfig.device)
     try:
@@ -299,7 +299,7 @@ def _shared(value: str) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from valleys.bench.compare import (
+    from valleys.bench.compare.run import (
         CompareConfig,
         default_out_dir,
         load_compare_config,
@@ -355,13 +355,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _bench_step(args: argparse.Namespace) -> int:
-    from valleys.bench.step_benchmark import main as bench_main
+    from valleys.bench.perf.step import main as bench_main
 
     return bench_main([])
 
 
 def _landscape(args: argparse.Namespace) -> int:
-    from valleys.bench.landscape_compare import markdown_table, run_landscapes, write_report
+    from valleys.bench.analysis.landscape_runs import markdown_table, run_landscapes, write_report
 
     out = Path(args.out) if args.out else Path("runs") / f"landscape-{datetime.now():%Y%m%d-%H%M%S}"
     result = run_landscapes(
@@ -441,10 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(handler=_compare)
 
-    from valleys.bench.flatness_run import add_flatness_parser
-    from valleys.bench.landscape import FUNCTIONS
-    from valleys.bench.landscape_compare import DEFAULT_OPTIMIZERS
-    from valleys.bench.study_cli import add_report_parser, add_study_parser
+    from valleys.bench.analysis.flatness_runs import add_flatness_parser
+    from valleys.bench.analysis.landscape import FUNCTIONS
+    from valleys.bench.analysis.landscape_runs import DEFAULT_OPTIMIZERS
+    from valleys.commands.study import add_report_parser, add_study_parser
 
     add_study_parser(commands)
     add_report_parser(commands)
@@ -497,13 +497,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valleys`` command; return its exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench-step"]:
-        from valleys.bench.step_benchmark import main as bench_main
+        from valleys.bench.perf.step import main as bench_main
 
         return bench_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
-    from valleys.bench.checkpoint import CheckpointError
     from valleys.bench.data import DatasetMissing
+    from valleys.bench.run.checkpoint import CheckpointError
 
     # A kill (SIGTERM) stops a run the way Ctrl-C does: results and checkpoints are recorded and
     # worker processes are stopped instead of being left behind.

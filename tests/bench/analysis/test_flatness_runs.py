@@ -10,11 +10,16 @@ import pytest
 import torch
 from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
-from valleys.bench.checkpoint import CheckpointError
-from valleys.bench.flatness_run import FLATNESS_FILE, FlatnessSettings, measure_run, plot_profiles
+from valleys.bench.analysis.flatness_runs import (
+    FLATNESS_FILE,
+    FlatnessSettings,
+    measure_run,
+    plot_profiles,
+)
+from valleys.bench.run.checkpoint import CheckpointError
+from valleys.bench.run.train import TrainConfig, train
 from valleys.bench.tasks import TaskOptions
-from valleys.bench.train import TrainConfig, train
-from valleys.cli import main
+from valleys.commands.main import main
 
 SMALL = FlatnessSettings(
     examples=256, batch_size=128, power_iters=30, trace_samples=4, profile_points=5
@@ -148,7 +153,7 @@ def test_hvps_through_the_text_and_lm_models_are_exact(kind: str) -> None:
     """Hessian-vector products through transformers' BERT and GPT-2 (eval mode, no dropout) match
     central differences of the gradient; this needs the math attention kernel (flash attention has
     no double backward), which flatness selects itself."""
-    from valleys.bench.flatness import hvp, top_hessian_eigenvalue
+    from valleys.bench.analysis.flatness import hvp, top_hessian_eigenvalue
     from valleys.bench.models import gpt2_lm, text_classifier
 
     torch.manual_seed(0)

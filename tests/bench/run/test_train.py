@@ -13,16 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.bench.checkpoint import (
+from valleys.bench.run.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     write_json_atomic,
 )
-from valleys.bench.metrics_log import read_metrics
-from valleys.bench.schedules import build_schedule, lr_factor, scale_lr
-from valleys.bench.tasks import Task, TaskOptions, build_task
-from valleys.bench.train import (
+from valleys.bench.run.metrics_log import read_metrics
+from valleys.bench.run.schedules import build_schedule, lr_factor, scale_lr
+from valleys.bench.run.train import (
     RunResult,
     TrainConfig,
     accumulate_gradients,
@@ -30,6 +29,7 @@ from valleys.bench.train import (
     load_result,
     train,
 )
+from valleys.bench.tasks import Task, TaskOptions, build_task
 from valleys.optim import create_optimizer
 
 

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from valleys.bench.study import (
+from valleys.bench.study.runner import (
     PARAMETERS,
     STUDY_FILE,
     StudyError,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from valleys.cli import main
+from valleys.commands.main import main
 
 TINY_TRAIN = ["--task", "digits", "--batch-size", "256", "--lr", "0.01", "--quiet"]
 TINY_COMPARE = [
@@ -120,7 +120,7 @@ def test_library_errors_exit_cleanly(
 
 def test_console_entry_point_help() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "valleys.cli", "compare", "--help"],
+        [sys.executable, "-m", "valleys.commands.main", "compare", "--help"],
         capture_output=True,
         text=True,
         check=True,

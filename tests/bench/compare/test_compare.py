@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from valleys.bench import compare as compare_module
-from valleys.bench.compare import (
+from valleys.bench.compare import run as compare_module
+from valleys.bench.compare.report import format_table, summarise
+from valleys.bench.compare.run import (
     CompareConfig,
     default_lr_grid,
     parse_lr_grids,
     rerender,
     run_compare,
 )
-from valleys.bench.report import format_table, summarise
+from valleys.bench.run.train import RunResult, TrainConfig
 from valleys.bench.tasks import Task, TaskOptions, build_task
-from valleys.bench.train import RunResult, TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

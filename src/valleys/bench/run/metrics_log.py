@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from valleys.bench.checkpoint import atomic_write_bytes
+from valleys.bench.run.checkpoint import atomic_write_bytes
 
 __all__ = ["MetricsLog", "read_metrics"]
 

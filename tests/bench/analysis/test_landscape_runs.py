@@ -7,7 +7,7 @@ import json
 import pytest
 from one_thread import one_thread  # noqa: F401  (the fixture pytestmark uses)
 
-from valleys.bench.landscape_compare import (
+from valleys.bench.analysis.landscape_runs import (
     STORED_POINTS,
     markdown_table,
     run_landscapes,

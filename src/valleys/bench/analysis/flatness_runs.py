@@ -1,6 +1,6 @@
 """``valleys flatness RUN``: how flat is the minimum a training run ended in?
 
-For a finished run directory (``config.json`` + ``checkpoint.pt`` from :func:`valleys.bench.train.train`)
+For a finished run directory (``config.json`` + ``checkpoint.pt`` from :func:`valleys.bench.run.train.train`)
 this measures, on a fixed subset of the *training* data with the model in eval mode:
 
 - the Hessian's dominant eigenvalue by power iteration on Hessian-vector products, with a flag
@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_checkpoint, write_json_atomic
-from .flatness import (
+from valleys.bench.analysis.flatness import (
     distance_travelled,
     filter_normalized_direction,
     hutchinson_trace,
@@ -39,8 +38,9 @@ from .flatness import (
     loss_profile_1d,
     top_hessian_eigenvalue,
 )
-from .tasks import Task, build_task
-from .train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
+from valleys.bench.run.checkpoint import CheckpointError, load_checkpoint, write_json_atomic
+from valleys.bench.run.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
+from valleys.bench.tasks import Task, build_task
 
 __all__ = [
     "FLATNESS_FILE",

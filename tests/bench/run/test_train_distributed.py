@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
+from valleys.bench.run.train import TrainConfig, accumulate_gradients, shard_units, train
 from valleys.bench.tasks import build_task
-from valleys.bench.train import TrainConfig, accumulate_gradients, shard_units, train
 
 ARGS = ["--task", "digits", "--optimizer", "alto", "--micro-batch-size", "16", "--quiet"]
 CONFIG = TrainConfig(task="digits", optimizer="alto", batch_size=64, micro_batch_size=16, epochs=2)
@@ -30,7 +30,7 @@ RTOL = 1e-4
 
 def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", "-m", "valleys.cli", "train", *ARGS, *args]
+    command += ["--nproc_per_node=2", "-m", "valleys.commands.main", "train", *ARGS, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -119,7 +119,14 @@ def test_fsdp_shards_each_gpt2_block_and_equals_ddp(tmp_path: Path) -> None:
     runs = {}
     for strategy in ("ddp", "fsdp"):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += ["--nproc_per_node=2", "-m", "valleys.cli", *LM_ARGS, "--dist", strategy]
+        command += [
+            "--nproc_per_node=2",
+            "-m",
+            "valleys.commands.main",
+            *LM_ARGS,
+            "--dist",
+            strategy,
+        ]
         command += ["--out", str(tmp_path / strategy)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr

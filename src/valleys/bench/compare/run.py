@@ -7,7 +7,7 @@ only a handful of steps within the time budget. Runs go two at a time in worker 
 :func:`default_jobs`).
 
 A comparison directory holds ``compare.json`` (its configuration), ``runs/<name>/`` (one training
-run each, see :mod:`valleys.bench.train`), ``results.json`` (every finished run, rewritten after
+run each, see :mod:`valleys.bench.run.train`), ``results.json`` (every finished run, rewritten after
 each one, so a kill loses at most the run in progress), and when done ``report.md`` with PNG curves.
 Rerunning with ``resume=True`` keeps finished runs and continues the interrupted one from its
 checkpoint.
@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from valleys.bench.checkpoint import write_json_atomic
-from valleys.bench.report import OptimizerSummary, format_table, summarise, write_report
-from valleys.bench.tasks import Task, build_task, get_task_spec
-from valleys.bench.train import (
+from valleys.bench.compare.report import OptimizerSummary, format_table, summarise, write_report
+from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.bench.run.train import (
     RESULT_FILE,
     RunResult,
     TrainConfig,
@@ -42,6 +41,7 @@ from valleys.bench.train import (
     steps_per_epoch,
     train,
 )
+from valleys.bench.tasks import Task, build_task, get_task_spec
 
 __all__ = [
     "DEFAULT_OPTIMIZERS",
@@ -62,9 +62,11 @@ DEFAULT_OPTIMIZERS = ("alto", "lamb", "adamw", "sgd")
 # Each grid is three half-decades centred on where the optimizer did best on the default set-up
 # (batch 8192, constant lr): trust-ratio optimizers take a relative step, Adam-like ones an absolute
 # step, SGD (momentum 0.9) a larger one.
-_TRUST_RATIO_GRID = (3e-3, 1e-2, 3e-2)
-_ADAPTIVE_GRID = (1e-3, 3e-3, 1e-2)
-_SGD_GRID = (3e-2, 1e-1, 3e-1)
+_LR_GRIDS: dict[str, tuple[float, ...]] = {
+    "layerwise": (3e-3, 1e-2, 3e-2),
+    "adaptive": (1e-3, 3e-3, 1e-2),
+    "sgd": (3e-2, 1e-1, 3e-1),
+}
 
 COMPARE_FILE = "compare.json"
 RESULTS_FILE = "results.json"
@@ -75,12 +77,7 @@ def default_lr_grid(optimizer: str) -> tuple[float, ...]:
     """The default lr grid of ``optimizer``, chosen by its family (all grids have 3 points)."""
     from valleys.optim import optimizer_info
 
-    info = optimizer_info(optimizer)
-    if info.layerwise:
-        return _TRUST_RATIO_GRID
-    if info.factory.__name__ in ("SGD", "ESGD"):
-        return _SGD_GRID
-    return _ADAPTIVE_GRID
+    return _LR_GRIDS[optimizer_info(optimizer).family]
 
 
 def _default_base() -> TrainConfig:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from study_fixtures import tiny_study, write_study
 
-from valleys.bench.study import StudyConfigError, load_study_config, run_study
-from valleys.bench.study_cli import add_report_parser
-from valleys.bench.study_report import load_results, study_location, write_study_report
+from valleys.bench.study.report import load_results, study_location, write_study_report
+from valleys.bench.study.runner import StudyConfigError, load_study_config, run_study
+from valleys.commands.study import add_report_parser
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
