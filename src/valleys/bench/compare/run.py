@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ import torch
 
 from valleys.bench.compare.report import OptimizerSummary, format_table, summarise, write_report
 from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.bench.run.progress import emit, progress_bar
 from valleys.bench.run.train import (
     RESULT_FILE,
     RunResult,
@@ -229,18 +229,6 @@ def _finished(run_dir: Path) -> RunResult | None:
     return result if result.status in ("completed", "diverged") else None
 
 
-def _progress_bar(total: int, initial: int, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="run",
-        dynamic_ncols=True,
-        disable=quiet or not sys.stderr.isatty(),
-    )
-
-
 def default_jobs() -> int:
     """Two runs at a time where there are two or more CPUs, else one.
 
@@ -367,14 +355,8 @@ def run_compare(
     target = config.base.target if config.base.target is not None else task.target
 
     def say(message: str) -> None:
-        if quiet:
-            return
-        if log is not None:
-            log(message)
-        elif not bar.disable:
-            bar.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)
+        if not quiet:
+            emit(message, bar, log)
 
     runs = config.run_configs()
     finished: dict[int, RunResult] = {}
@@ -401,7 +383,7 @@ def run_compare(
         store()
 
     jobs = min(jobs or default_jobs(), max(1, len(pending)))
-    bar = _progress_bar(len(runs), len(finished), quiet)
+    bar = progress_bar(len(runs), unit="run", quiet=quiet, initial=len(finished))
     try:
         if jobs == 1:
             for number in pending:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +56,7 @@ from valleys.bench.run.checkpoint import (
     write_json_atomic,
 )
 from valleys.bench.run.metrics_log import MetricsLog, read_metrics
+from valleys.bench.run.progress import emit, progress_bar
 from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES, build_schedule, scale_lr
 from valleys.bench.tasks import Split, Task, TaskOptions, build_task, check_task_options
 
@@ -518,28 +518,6 @@ def _resumed_records(out: Path, progress: _Progress) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r.get("step", 0), r.get("kind") == "epoch"))
 
 
-def _progress_bar(total: int, description: str, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="step",
-        leave=False,
-        dynamic_ncols=True,
-        disable=quiet or not sys.stderr.isatty(),
-    )
-
-
-def _emit(message: str, bar: Any, log: Callable[[str], None] | None) -> None:
-    if log is not None:
-        log(message)
-    elif not bar.disable:
-        bar.write(message, file=sys.stderr)
-    else:
-        print(message, file=sys.stderr, flush=True)
-
-
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -727,7 +705,13 @@ def _run_epochs(
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         model.train()
         batches = epoch_batches(len(train_split), config.batch_size, config.seed, epoch)
-        bar = _progress_bar(len(batches), f"epoch {epoch}/{config.epochs}", quiet)
+        bar = progress_bar(
+            len(batches),
+            unit="step",
+            quiet=quiet,
+            description=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+        )
         loss_sum = 0.0
         started = time.perf_counter()
         for index in batches.to(device):
@@ -748,7 +732,7 @@ def _run_epochs(
                 if metrics_log is not None:
                     metrics_log.write(step_record)
                 if not quiet:
-                    _emit(
+                    emit(
                         f"epoch {epoch}: loss {loss} at step {progress.step + 1}: diverged",
                         bar,
                         log,
@@ -783,7 +767,7 @@ def _run_epochs(
         eval_seconds = time.perf_counter() - eval_started
         if not (_finite(metrics["loss"]) and _finite(metrics[metric])):
             if not quiet:
-                _emit(f"epoch {epoch}: test loss {metrics['loss']}: diverged", bar, log)
+                emit(f"epoch {epoch}: test loss {metrics['loss']}: diverged", bar, log)
             return "diverged", progress.step
 
         record = {
@@ -830,7 +814,7 @@ def _run_epochs(
         if metrics_log is not None:
             metrics_log.write(record)
         if not quiet:
-            _emit(
+            emit(
                 f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                 f"test loss {metrics['loss']:.4f}, test {metric} {metrics[metric]:.4f}, "
                 f"{record['examples_per_second']:.0f} ex/s",
