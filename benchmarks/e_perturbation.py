@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from valleys.bench.run.train import accumulate_gradients, epoch_batches
+from valleys.bench.run.batches import accumulate_gradients, epoch_batches
 from valleys.bench.tasks import TaskOptions, build_task
 from valleys.optim import create_optimizer
 

@@ -97,7 +97,7 @@ def test_traffic_model_bandwidth_and_a_variant_that_cannot_run(
 
 
 def test_device_without_cuda_is_refused(tmp_path: Path) -> None:
-    from valleys.bench.perf.step import main
+    from valleys.commands.bench_step import main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from valleys.bench.data import DatasetMissing
-from valleys.bench.run.train import TrainConfig, train
+from valleys.bench.run.config import TrainConfig
+from valleys.bench.run.train import train
 from valleys.bench.tasks import (
     TASKS,
     Split,

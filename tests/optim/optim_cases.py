@@ -1,16 +1,20 @@
-"""The table of (optimizer, configuration) cases that every generic optimizer test runs over.
+"""The one table of (optimizer, configuration) cases that every optimizer test draws from.
 
 Each case builds an optimizer from parameters plus overrides (``foreach``, ``lr``,
 ``weight_decay``, ``maximize``, ``max_grad_norm``) and, where one exists, the independent
-reference of ``optim_reference.py`` with the same hyperparameters.
+reference of ``optim_reference.py`` with the same hyperparameters. What a case supports is a field
+of it (``has_foreach``, ``complex_params``, ...), so that tests select and skip by capability;
+tests that have always run an optimizer at its constructor defaults (compiled steps, convergence,
+distributed runs, ``state_dtype``) find those configurations in its fields too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pytest
 import torch
 from optim_reference import E, RefALTO, RefEAdam, RefESGD
 from torch import Tensor
@@ -43,12 +47,40 @@ class RefWrapped:
         self.opt.step()
 
 
+Overrides = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A configuration that one test runs: the optimizer at its constructor defaults plus
+    ``overrides`` (what that test has always run, whatever the case's own configuration)."""
+
+    id: str
+    overrides: Overrides = field(default_factory=dict)
+    grouped_decay: float | None = None
+    """Pass a model's parameters as ``valleys.optim.param_groups(model, grouped_decay)``."""
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How ``test_convergence.py`` runs a case on its classic functions: from the optimizer's
+    defaults plus ``overrides``, with a learning rate per function, to within ``tolerance`` of the
+    minimiser."""
+
+    lrs: Mapping[str, float]
+    tolerance: float
+    overrides: Overrides = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
-    make: Callable[..., Optimizer]
-    """``make(params, **overrides)``; overrides: foreach, fused (where ``fuses``), lr, weight_decay,
-    maximize, max_grad_norm."""
+    build: Callable[..., Optimizer]
+    """``build(params, **kwargs)``: the optimizer with exactly these arguments (its class, or
+    Explore around a base class: :func:`_explored`)."""
+    config: Overrides
+    """This case's arguments, to which :meth:`make` adds a test's overrides: foreach, fused (where
+    ``fuses``), lr, weight_decay, maximize, max_grad_norm (where ``clips``)."""
     reference: Callable[[], Reference] | None
     lr: float
     """A learning rate at which a small least-squares problem converges."""
@@ -56,59 +88,105 @@ class Case:
     state_keys: frozenset[str]
     """The full-size state tensors per parameter."""
     clips: bool = True
-    """Whether ``max_grad_norm`` is an argument (Explore leaves clipping to the user)."""
+    """Whether ``max_grad_norm`` is an argument: true of this package's optimizers, not of Explore,
+    which leaves clipping to the user."""
     fuses: bool = False
     """Whether ``fused=True`` is an argument (the compiled path of ALTO, Lamb, EAdam(W), ESGD, and
     of Explore's transform)."""
+    has_foreach: bool = True
+    """Whether ``foreach=True`` is a path of its own (not when the base is torch's fused AdamW)."""
+    complex_params: bool = True
+    """Whether complex parameters are supported (not by torch's Adafactor or fused AdamW)."""
+    bf16_params: bool = True
+    """Whether bf16 parameters run on the CPU (not torch's fused AdamW in every torch version)."""
+    state_dtype: Overrides | None = None
+    """Where ``state_dtype`` is an argument: the overrides of the defaults that
+    ``test_state_dtype.py`` runs."""
+    compiled: tuple[Variant, ...] = ()
+    """Configurations whose whole training step runs under ``torch.compile`` (with a tensor lr)."""
+    convergence: Convergence | None = None
+    distributed: tuple[Variant, ...] = ()
+    """Configurations run under DDP and FSDP2 and compared with one process."""
+
+    def make(self, params: Any, **overrides: Any) -> Optimizer:
+        """The optimizer of this case, with ``overrides`` of its configuration."""
+        return self.build(params, **{**self.config, **overrides})
+
+    def make_default(self, params: Any, **overrides: Any) -> Optimizer:
+        """The optimizer at its constructor defaults, with ``overrides``."""
+        return self.build(params, **overrides)
 
     def __str__(self) -> str:
         return self.id
 
 
-def _native(cls: type[Optimizer], **config: Any) -> Callable[..., Optimizer]:
-    def make(params: Any, **overrides: Any) -> Optimizer:
-        return cls(params, **{**config, **overrides})
+def _explored(base: type[Optimizer], **base_config: Any) -> Callable[..., Optimizer]:
+    """Explore around ``base`` configured with ``base_config`` (e.g. torch's ``fused=True``).
 
-    return make
+    ``explore_alpha`` and ``explore_beta`` are Explore's α and β (its group keys' names: bases such
+    as RMSprop own an ``alpha``); ``fused`` selects Explore's compiled transform; ``foreach`` goes
+    to both unless the base is fused; every other argument is the base's.
+    """
 
-
-def _explore(
-    base: type[Optimizer], alpha: float, beta: float, **config: Any
-) -> Callable[..., Optimizer]:
-    def make(
-        params: Any, foreach: bool | None = None, fused: bool | None = None, **overrides: Any
+    def build(
+        params: Any, foreach: bool | None = None, fused: bool | None = None, **kwargs: Any
     ) -> Optimizer:
-        # ``fused`` selects Explore's compiled transform; the base keeps its own configuration.
-        base_kwargs = {**config, **overrides}
-        if foreach is not None and "fused" not in base_kwargs:
-            base_kwargs["foreach"] = foreach
-        return Explore(
-            base(params, **base_kwargs), alpha=alpha, beta=beta, foreach=foreach, fused=fused
-        )
+        explore_kwargs = {
+            key.removeprefix("explore_"): kwargs.pop(key)
+            for key in ("explore_alpha", "explore_beta")
+            if key in kwargs
+        }
+        if foreach is not None and "fused" not in base_config:
+            kwargs["foreach"] = foreach
+        optimizer = base(params, **kwargs, **base_config)
+        return Explore(optimizer, foreach=foreach, fused=fused, **explore_kwargs)
 
-    return make
+    return build
 
+
+CONVERGENCE_FUNCTIONS = ("rosenbrock", "beale", "quadratic")
+"""The classic test functions of ``test_convergence.py``, which ``Convergence.lrs`` names."""
 
 ALTO_CONFIG = dict(lr=0.02, betas=(0.99, 0.9, 0.99), alpha=-5.0, weight_decay=0.01)
-SGD_CONFIG = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
 ADAMW_CONFIG = dict(lr=0.01, weight_decay=0.01)
+LARGE_BATCH_E = dict(explore_alpha=-5.0, explore_beta=0.99)
+DISTRIBUTED_CONFIG = dict(lr=1e-2, max_grad_norm=0.05)
 
 ALTO_STATE = frozenset({"exp_avg", "exp_avg_sq", "grad_ema"})
 ADAM_STATE = frozenset({"exp_avg", "exp_avg_sq"})
+ESGD_STATE = frozenset({"momentum_buffer", "grad_ema"})
+E_STATE = frozenset({"grad_ema"})
 
 CASES: list[Case] = [
     Case(
         "alto",
-        _native(ALTO, **ALTO_CONFIG),
+        ALTO,
+        ALTO_CONFIG,
         lambda: RefALTO(**ALTO_CONFIG),
         lr=0.02,
         explores=True,
         state_keys=ALTO_STATE,
         fuses=True,
+        state_dtype={"lr": 0.01},
+        compiled=(
+            Variant("alto_loop", {"foreach": False}),
+            Variant("alto_foreach", {"foreach": True}),
+            Variant("alto_fused", {"fused": True}),
+        ),
+        convergence=Convergence(
+            {"rosenbrock": 0.03, "beale": 0.003, "quadratic": 0.01}, 1e-4, {"weight_decay": 0.0}
+        ),
+        distributed=(
+            Variant("alto", {**DISTRIBUTED_CONFIG, "weight_decay": 1e-2}),
+            Variant("alto_groups", DISTRIBUTED_CONFIG, grouped_decay=1e-2),
+            # Sharded parameters with the trust ratio take the multi-tensor kernel whatever is asked.
+            Variant("alto_fused", {**DISTRIBUTED_CONFIG, "fused": True}),
+        ),
     ),
     Case(
         "alto_small_batch",
-        _native(ALTO, lr=0.02, betas=(0.01, 0.9, 0.99), alpha=0.5, max_grad_norm=None),
+        ALTO,
+        dict(lr=0.02, betas=(0.01, 0.9, 0.99), alpha=0.5, max_grad_norm=None),
         lambda: RefALTO(lr=0.02, betas=(0.01, 0.9, 0.99), alpha=0.5, max_grad_norm=None),
         lr=0.02,
         explores=True,
@@ -117,7 +195,8 @@ CASES: list[Case] = [
     ),
     Case(
         "alto_vanilla_no_trust",
-        _native(ALTO, **ALTO_CONFIG, bias_correction=False, trust_ratio=False),
+        ALTO,
+        dict(**ALTO_CONFIG, bias_correction=False, trust_ratio=False),
         lambda: RefALTO(**ALTO_CONFIG, bias_correction=False, trust_ratio=False),
         lr=0.005,
         explores=True,
@@ -126,25 +205,35 @@ CASES: list[Case] = [
     ),
     Case(
         "lamb",
-        _native(Lamb, lr=0.02, betas=(0.9, 0.99), weight_decay=0.01),
+        Lamb,
+        dict(lr=0.02, betas=(0.9, 0.99), weight_decay=0.01),
         lambda: RefALTO(lr=0.02, betas=(0.0, 0.9, 0.99), alpha=0.0, weight_decay=0.01),
         lr=0.02,
         explores=False,
         state_keys=ADAM_STATE,
         fuses=True,
+        state_dtype={"lr": 0.01},
+        compiled=(Variant("lamb"),),
+        convergence=Convergence(
+            {"rosenbrock": 0.1, "beale": 0.003, "quadratic": 0.003}, 1e-4, {"weight_decay": 0.0}
+        ),
+        distributed=(Variant("lamb", DISTRIBUTED_CONFIG),),
     ),
     Case(
         "eadam",
-        _native(EAdam, lr=0.01, betas=(0.99, 0.9, 0.999), alpha=-5.0, weight_decay=0.01),
+        EAdam,
+        dict(lr=0.01, betas=(0.99, 0.9, 0.999), alpha=-5.0, weight_decay=0.01),
         lambda: RefEAdam(lr=0.01, betas=(0.99, 0.9, 0.999), alpha=-5.0, weight_decay=0.01),
         lr=0.01,
         explores=True,
         state_keys=ALTO_STATE,
         fuses=True,
+        convergence=Convergence(dict.fromkeys(CONVERGENCE_FUNCTIONS, 0.1), 1e-8),
     ),
     Case(
         "eadamw",
-        _native(EAdamW, lr=0.01, betas=(0.9, 0.9, 0.999), alpha=-2.0, weight_decay=0.05),
+        EAdamW,
+        dict(lr=0.01, betas=(0.9, 0.9, 0.999), alpha=-2.0, weight_decay=0.05),
         lambda: RefEAdam(
             lr=0.01, betas=(0.9, 0.9, 0.999), alpha=-2.0, weight_decay=0.05, decoupled=True
         ),
@@ -152,28 +241,43 @@ CASES: list[Case] = [
         explores=True,
         state_keys=ALTO_STATE,
         fuses=True,
+        state_dtype={"lr": 0.01},
+        compiled=(Variant("eadamw_fused", {"fused": True}),),
+        convergence=Convergence(
+            dict.fromkeys(CONVERGENCE_FUNCTIONS, 0.1), 1e-8, {"weight_decay": 0.0}
+        ),
+        distributed=(Variant("eadamw", DISTRIBUTED_CONFIG),),
     ),
     Case(
         "esgd",
-        _native(ESGD, **SGD_CONFIG, alpha=-5.0, beta=0.99),
+        ESGD,
+        dict(lr=0.05, momentum=0.9, weight_decay=1e-3, alpha=-5.0, beta=0.99),
         lambda: RefESGD(lr=0.05, momentum=0.9, alpha=-5.0, beta=0.99, weight_decay=1e-3),
         lr=0.02,
         explores=True,
-        state_keys=frozenset({"momentum_buffer", "grad_ema"}),
+        state_keys=ESGD_STATE,
         fuses=True,
+        state_dtype={"lr": 0.01, "momentum": 0.9},
+        compiled=(Variant("esgd"), Variant("esgd_fused", {"momentum": 0.9, "fused": True})),
+        convergence=Convergence(
+            dict.fromkeys(CONVERGENCE_FUNCTIONS, 1e-3), 2e-3, {"momentum": 0.9}
+        ),
+        distributed=(Variant("esgd", {**DISTRIBUTED_CONFIG, "momentum": 0.9}),),
     ),
     Case(
         "esgd_nesterov",
-        _native(ESGD, lr=0.05, momentum=0.5, nesterov=True, alpha=0.5, beta=0.01),
+        ESGD,
+        dict(lr=0.05, momentum=0.5, nesterov=True, alpha=0.5, beta=0.01),
         lambda: RefESGD(lr=0.05, momentum=0.5, nesterov=True, alpha=0.5, beta=0.01),
         lr=0.02,
         explores=True,
-        state_keys=frozenset({"momentum_buffer", "grad_ema"}),
+        state_keys=ESGD_STATE,
         fuses=True,
     ),
     Case(
         "esgd_dampening_no_momentum_buffer",
-        _native(ESGD, lr=0.05, momentum=0.0, dampening=0.1, alpha=-5.0, beta=0.99),
+        ESGD,
+        dict(lr=0.05, momentum=0.0, dampening=0.1, alpha=-5.0, beta=0.99),
         lambda: RefESGD(lr=0.05, momentum=0.0, dampening=0.1, alpha=-5.0, beta=0.99),
         lr=0.02,
         explores=True,
@@ -183,54 +287,67 @@ CASES: list[Case] = [
     Case(
         # torch SGD adds its L2 term after E (ESGD before), so the oracle drops weight decay.
         "explore_sgd",
-        _explore(torch.optim.SGD, -5.0, 0.99, lr=0.05, momentum=0.9),
+        _explored(torch.optim.SGD),
+        dict(**LARGE_BATCH_E, lr=0.05, momentum=0.9),
         lambda: RefESGD(lr=0.05, momentum=0.9, alpha=-5.0, beta=0.99),
         lr=0.02,
         explores=True,
-        state_keys=frozenset({"grad_ema"}),
+        state_keys=E_STATE,
         clips=False,
         fuses=True,
     ),
     Case(
         "explore_adamw",
-        _explore(torch.optim.AdamW, -5.0, 0.99, **ADAMW_CONFIG),
+        _explored(torch.optim.AdamW),
+        dict(**LARGE_BATCH_E, **ADAMW_CONFIG),
         lambda: RefEAdam(
             lr=0.01, betas=(0.99, 0.9, 0.999), alpha=-5.0, weight_decay=0.01, decoupled=True
         ),
         lr=0.01,
         explores=True,
-        state_keys=frozenset({"grad_ema"}),
+        state_keys=E_STATE,
         clips=False,
         fuses=True,
+        compiled=(Variant("explore_adamw"),),
+        convergence=Convergence(
+            dict.fromkeys(CONVERGENCE_FUNCTIONS, 0.1), 1e-8, {"weight_decay": 0.0}
+        ),
+        distributed=(Variant("explore_adamw", {"lr": 1e-2}),),
     ),
     Case(
         "explore_adamw_fused",
-        _explore(torch.optim.AdamW, -5.0, 0.99, **ADAMW_CONFIG, fused=True),
+        _explored(torch.optim.AdamW, fused=True),
+        dict(**LARGE_BATCH_E, **ADAMW_CONFIG),
         lambda: RefEAdam(
             lr=0.01, betas=(0.99, 0.9, 0.999), alpha=-5.0, weight_decay=0.01, decoupled=True
         ),
         lr=0.01,
         explores=True,
-        state_keys=frozenset({"grad_ema"}),
+        state_keys=E_STATE,
         clips=False,
         fuses=True,
+        has_foreach=False,
+        complex_params=False,
+        bf16_params=False,
     ),
     Case(
         "explore_rmsprop",
-        _explore(torch.optim.RMSprop, 0.5, 0.01, lr=0.005),
+        _explored(torch.optim.RMSprop),
+        dict(explore_alpha=0.5, explore_beta=0.01, lr=0.005),
         lambda: RefWrapped(lambda ps: torch.optim.RMSprop(ps, lr=0.005), 0.5, 0.01),
         lr=0.005,
         explores=True,
-        state_keys=frozenset({"grad_ema"}),
+        state_keys=E_STATE,
         clips=False,
     ),
     Case(
         "explore_adagrad",
-        _explore(torch.optim.Adagrad, -5.0, 0.99, lr=0.1),
+        _explored(torch.optim.Adagrad),
+        dict(**LARGE_BATCH_E, lr=0.1),
         lambda: RefWrapped(lambda ps: torch.optim.Adagrad(ps, lr=0.1), -5.0, 0.99),
         lr=0.1,
         explores=True,
-        state_keys=frozenset({"grad_ema"}),
+        state_keys=E_STATE,
         clips=False,
     ),
 ]
@@ -239,13 +356,26 @@ if hasattr(torch.optim, "Adafactor"):
     CASES.append(
         Case(
             "explore_adafactor",
-            _explore(torch.optim.Adafactor, -5.0, 0.99, lr=0.01),
+            _explored(torch.optim.Adafactor),
+            dict(**LARGE_BATCH_E, lr=0.01),
             lambda: RefWrapped(lambda ps: torch.optim.Adafactor(ps, lr=0.01), -5.0, 0.99),
             lr=0.01,
             explores=True,
-            state_keys=frozenset({"grad_ema"}),
+            state_keys=E_STATE,
             clips=False,
+            complex_params=False,
         )
     )
 
 CASE_IDS = [c.id for c in CASES]
+
+
+def case_params(where: Callable[[Case], bool]) -> list[Any]:
+    """The cases that ``where`` selects, as pytest parameters named by their ids."""
+    return [pytest.param(case, id=case.id) for case in CASES if where(case)]
+
+
+def variant_params(variants: Callable[[Case], Iterable[Variant]]) -> list[Any]:
+    """``(case, variant)`` for every variant that ``variants`` lists of a case, as pytest
+    parameters named by the variants' ids."""
+    return [pytest.param(case, v, id=v.id) for case in CASES for v in variants(case)]

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 from conftest import clone_params, make_params, random_grads, set_grads
+from optim_cases import Case, Variant, case_params, variant_params
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch.optim import Optimizer
 
-from valleys.optim import ALTO, ESGD, EAdamW, Explore, Lamb, _fused
+from valleys.optim import ALTO, _fused
 
 WARMUP = 2
 """Step 1 creates the state and step 2 runs with it: two traces of ``step()``, then none."""
@@ -50,23 +50,16 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
-OPTIMIZERS: dict[str, Callable[[Any], Optimizer]] = {
-    "alto_loop": lambda ps: ALTO(ps, lr=torch.tensor(0.01), foreach=False),
-    "alto_foreach": lambda ps: ALTO(ps, lr=torch.tensor(0.01), foreach=True),
-    "alto_fused": lambda ps: ALTO(ps, lr=torch.tensor(0.01), fused=True),
-    "lamb": lambda ps: Lamb(ps, lr=torch.tensor(0.01)),
-    "eadamw_fused": lambda ps: EAdamW(ps, lr=torch.tensor(0.01), fused=True),
-    "esgd": lambda ps: ESGD(ps, lr=torch.tensor(0.01)),
-    "esgd_fused": lambda ps: ESGD(ps, lr=torch.tensor(0.01), momentum=0.9, fused=True),
-    "explore_adamw": lambda ps: Explore(torch.optim.AdamW(ps, lr=torch.tensor(0.01))),
-}
-
-
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_compiled_training_step_matches_eager_without_recompiles(name: str) -> None:
+@pytest.mark.parametrize(("case", "variant"), variant_params(lambda case: case.compiled))
+def test_compiled_training_step_matches_eager_without_recompiles(
+    case: Case, variant: Variant
+) -> None:
     model = _model()
     twin = copy.deepcopy(model)
-    opt, twin_opt = OPTIMIZERS[name](model.parameters()), OPTIMIZERS[name](twin.parameters())
+    opt, twin_opt = (
+        case.make_default(net.parameters(), lr=torch.tensor(0.01), **variant.overrides)
+        for net in (model, twin)
+    )
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randn(16, 6, generator=gen), torch.randn(16, 1, generator=gen))] * STEPS
 
@@ -95,10 +88,10 @@ def test_compiled_training_step_matches_eager_without_recompiles(name: str) -> N
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [ALTO, Lamb, EAdamW, ESGD])
-def test_fused_and_foreach_together_fail_at_construction(cls: type[Optimizer]) -> None:
+@pytest.mark.parametrize("case", case_params(lambda case: case.fuses))
+def test_fused_and_foreach_together_fail_at_construction(case: Case) -> None:
     with pytest.raises(ValueError, match="fused=True and foreach=True"):
-        cls([nn.Parameter(torch.zeros(2))], fused=True, foreach=True)
+        case.make([nn.Parameter(torch.zeros(2))], fused=True, foreach=True)
 
 
 def test_fused_is_a_saved_group_key() -> None:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from optim_cases import Case, case_params
 from torch import Tensor
-from torch.optim import Optimizer
 
-from valleys.optim import ALTO, ESGD, EAdam, EAdamW, Explore, Lamb
+from valleys.optim import ALTO
 
 STEPS = 4000
 QUAD_A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -39,33 +39,6 @@ FUNCTIONS = {
     "quadratic": (quadratic, (2.0, -2.0), torch.linalg.solve(QUAD_A, QUAD_B)),
 }
 
-Factory = Callable[[list[Tensor], float], Optimizer]
-OPTIMIZERS: dict[str, tuple[Factory, dict[str, float], float]] = {
-    # name: (factory, lr per function, tolerance on the distance to the minimiser)
-    "alto": (
-        lambda p, lr: ALTO(p, lr=lr, weight_decay=0.0),
-        {"rosenbrock": 0.03, "beale": 0.003, "quadratic": 0.01},
-        1e-4,
-    ),
-    "lamb": (
-        lambda p, lr: Lamb(p, lr=lr, weight_decay=0.0),
-        {"rosenbrock": 0.1, "beale": 0.003, "quadratic": 0.003},
-        1e-4,
-    ),
-    "eadam": (lambda p, lr: EAdam(p, lr=lr), dict.fromkeys(FUNCTIONS, 0.1), 1e-8),
-    "eadamw": (
-        lambda p, lr: EAdamW(p, lr=lr, weight_decay=0.0),
-        dict.fromkeys(FUNCTIONS, 0.1),
-        1e-8,
-    ),
-    "esgd": (lambda p, lr: ESGD(p, lr=lr, momentum=0.9), dict.fromkeys(FUNCTIONS, 1e-3), 2e-3),
-    "e_adamw": (
-        lambda p, lr: Explore(torch.optim.AdamW(p, lr=lr, weight_decay=0.0)),
-        dict.fromkeys(FUNCTIONS, 0.1),
-        1e-8,
-    ),
-}
-
 
 def _minimise(f: Callable[[Tensor], Tensor], start: tuple[float, ...], make, steps: int) -> Tensor:  # type: ignore[no-untyped-def]
     p = torch.tensor(start, dtype=torch.float64, requires_grad=True)
@@ -80,12 +53,15 @@ def _minimise(f: Callable[[Tensor], Tensor], start: tuple[float, ...], make, ste
 
 
 @pytest.mark.parametrize("function", list(FUNCTIONS))
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_converges_to_the_minimiser(name: str, function: str) -> None:
+@pytest.mark.parametrize("case", case_params(lambda case: case.convergence is not None))
+def test_converges_to_the_minimiser(case: Case, function: str) -> None:
     f, start, minimiser = FUNCTIONS[function]
-    factory, lrs, tolerance = OPTIMIZERS[name]
-    end = _minimise(f, start, lambda p: factory(p, lrs[function]), STEPS)
-    assert torch.linalg.vector_norm(end - minimiser.double()) < tolerance
+    run = case.convergence
+    assert run is not None and run.lrs.keys() == FUNCTIONS.keys()
+    end = _minimise(
+        f, start, lambda p: case.make_default(p, lr=run.lrs[function], **run.overrides), STEPS
+    )
+    assert torch.linalg.vector_norm(end - minimiser.double()) < run.tolerance
 
 
 def f1(x: Tensor) -> Tensor:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import copy
 import io
+from typing import Any
 
 import pytest
 import torch
 from conftest import make_params, random_grads, set_grads
+from optim_cases import Case, case_params
 
-from valleys.optim import ALTO, ESGD, EAdamW, Lamb
+from valleys.optim import ALTO
 
-FACTORIES = {
-    "alto": lambda ps, **kw: ALTO(ps, lr=0.01, **kw),
-    "lamb": lambda ps, **kw: Lamb(ps, lr=0.01, **kw),
-    "eadamw": lambda ps, **kw: EAdamW(ps, lr=0.01, **kw),
-    "esgd": lambda ps, **kw: ESGD(ps, lr=0.01, momentum=0.9, **kw),
-}
+CASES = case_params(lambda case: case.state_dtype is not None)
 PATHS = [{"foreach": False}, {"foreach": True}, {"fused": True}]
 
 
@@ -30,17 +27,22 @@ def _run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: range) -
         opt.step()
 
 
+def _make(case: Case, params: list[torch.Tensor], **overrides: Any) -> torch.optim.Optimizer:
+    assert case.state_dtype is not None
+    return case.make_default(params, **case.state_dtype, **overrides)
+
+
 @pytest.mark.parametrize("path", PATHS, ids=["loop", "foreach", "fused"])
-@pytest.mark.parametrize("name", list(FACTORIES))
-def test_fp32_state_of_bf16_params_equals_the_fp32_runs_state(name: str, path: dict) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize("case", CASES)
+def test_fp32_state_of_bf16_params_equals_the_fp32_runs_state(case: Case, path: dict) -> None:  # type: ignore[type-arg]
     """The moments and E's buffer depend on the gradients alone. Fed gradients that bf16 holds
     exactly, fp32 state for bf16 parameters matches an fp32 run's state, while bf16 state drifts
     (e.g. β3 = 0.999 rounds to 1 in bf16)."""
     reference = make_params(torch.float32)
     plain, mixed = _bf16(reference), _bf16(reference)
-    ref_opt = FACTORIES[name](reference, **path)
-    plain_opt = FACTORIES[name](plain, **path)
-    mixed_opt = FACTORIES[name](mixed, state_dtype=torch.float32, **path)
+    ref_opt = _make(case, reference, **path)
+    plain_opt = _make(case, plain, **path)
+    mixed_opt = _make(case, mixed, state_dtype=torch.float32, **path)
     for step in range(30):
         grads = [g.to(torch.bfloat16) for g in random_grads(reference, step)]
         set_grads(reference, [g.float() for g in grads])
@@ -63,21 +65,21 @@ def test_fp32_state_of_bf16_params_equals_the_fp32_runs_state(name: str, path: d
     assert plain_error > 100 * mixed_error
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
-def test_fp32_state_survives_a_checkpoint_and_resumes_bit_for_bit(name: str) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_fp32_state_survives_a_checkpoint_and_resumes_bit_for_bit(case: Case) -> None:
     straight = _bf16(make_params(torch.float32))
-    straight_opt = FACTORIES[name](straight, state_dtype=torch.float32)
+    straight_opt = _make(case, straight, state_dtype=torch.float32)
     _run(straight_opt, straight, range(8))
 
     params = _bf16(make_params(torch.float32))
-    opt = FACTORIES[name](params, state_dtype=torch.float32)
+    opt = _make(case, params, state_dtype=torch.float32)
     _run(opt, params, range(4))
     buffer = io.BytesIO()
     torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed_params = [p.clone().requires_grad_() for p in saved["params"]]
-    resumed = FACTORIES[name](resumed_params, state_dtype=torch.float32)
+    resumed = _make(case, resumed_params, state_dtype=torch.float32)
     resumed.load_state_dict(copy.deepcopy(saved["opt"]))
     for p in resumed_params:
         for key, value in resumed.state[p].items():

@@ -1,25 +1,15 @@
-r"""The shared math of the E adaptor and the optimizers built on it.
+r"""The optimizers' kernels (per-tensor loop, foreach) and the functions that pick a path.
 
 Every update is written with one signature per path: ``_single_tensor_*`` is a plain per-tensor
 loop, the readable ground truth, and ``_multi_tensor_*`` does the same work with
 ``torch._foreach_*`` kernels (fewer, larger launches: the fast path on accelerators). ALTO/Lamb,
-EAdam(W) and ESGD also have ``_fused_*`` kernels in ``_fused.py`` (``torch.compile``\ d, one fused loop per
-tensor: the fast path on the CPU). The public functions ``alto``, ``eadam``, ``esgd`` and
+EAdam(W) and ESGD also have ``_fused_*`` kernels in ``_fused.py`` (``torch.compile``\ d, one fused
+loop per tensor: the fast path on the CPU). The public functions ``alto``, ``eadam``, ``esgd`` and
 ``explore`` pick one. Tests hold every faster path equal to the loop.
 
-The E transform (Zhao et al., "Exploring Landscapes for Better Minima along Valleys", NeurIPS 2025,
-eq. of Algorithm 2) replaces the gradient :math:`g_k` by
-
-.. math::
-    a_k = \beta_1 a_{k-1} + (1 - \beta_1)(g_k - g_{k-1}), \qquad \hat g_k = g_k + \alpha a_k,
-
-with :math:`a_0 = g_0 = 0`. Because :math:`a_k = (1 - \beta_1)(g_k - e_{k-1})`, where
-:math:`e_k = \beta_1 e_{k-1} + (1 - \beta_1) g_k` is the zero-initialised EMA of the raw gradients,
-
-.. math::
-    \hat g_k = g_k + \alpha (1 - \beta_1)(g_k - e_{k-1}),
-
-so E needs one state tensor (``e``), not the previous gradient and ``a``.
+The kernels are compositions of E's transform (``_e.py``, where its math is derived) and the
+building blocks of ``_ops.py``; ``_fused.py`` builds on the same two modules, and only this one
+chooses between the paths.
 
 No function here reads a tensor's value on the host: step counters, bias corrections, trust ratios
 and clip factors stay on the device.
@@ -33,116 +23,28 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._e import explore_multi, explore_single
+from ._fused import _fused_alto, _fused_eadam, _fused_esgd
+from ._ops import (
+    Number,
+    _adam_update_multi,
+    _add_multi,
+    _apply_lr_,
+    _apply_lr_multi_,
+    _bias_correction,
+    _group_by_device_and_dtype,
+    _moments_,
+    _moments_multi_,
+    _opmath,
+    _scaled,
+    _scaled_multi,
+    _trust_ratio,
+)
+
 __all__ = ["alto", "clip_coefficient", "eadam", "esgd", "explore", "global_grad_norm"]
 
-Number = float | Tensor
 NormReducer = Callable[[Tensor, list[int]], Tensor]
 """Maps local sums of squares (last dimension: the tensors at the given indices) to full ones."""
-
-
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    """The dtype for scalars derived from tensors of ``dtype``: float64 stays, anything else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _bias_correction(beta: float, step: Tensor, dtype: torch.dtype) -> Tensor:
-    """``1 - beta**step`` as a 0-d tensor on ``step``'s device."""
-    return 1 - torch.pow(beta, step.to(dtype))
-
-
-def _apply_lr_(param: Tensor, update: Tensor, lr: Number) -> None:
-    """``param -= lr * update``; ``update`` may be overwritten."""
-    if isinstance(lr, Tensor):
-        param.sub_(update.mul_(lr))
-    else:
-        param.add_(update, alpha=-lr)
-
-
-def _apply_lr_multi_(
-    params: list[Tensor], updates: list[Tensor], lr: Number, owned: bool = True
-) -> None:
-    """``params -= lr * updates``; ``updates`` are overwritten only when ``owned`` (this step's
-    own temporaries, not state such as momentum buffers)."""
-    if not isinstance(lr, Tensor):
-        torch._foreach_add_(params, updates, alpha=-lr)
-        return
-    if owned:
-        torch._foreach_mul_(updates, lr)
-    else:
-        updates = torch._foreach_mul(updates, lr)
-    torch._foreach_sub_(params, updates)
-
-
-def _moments_(
-    exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta2: float, beta3: float
-) -> None:
-    r""":math:`m \leftarrow \beta_2 m + (1-\beta_2) u`, :math:`v \leftarrow \beta_3 v + (1-\beta_3) u^2`,
-    in place (also traced into the compiled kernels)."""
-    exp_avg.lerp_(grad, 1 - beta2)
-    exp_avg_sq.mul_(beta3).addcmul_(grad, grad, value=1 - beta3)
-
-
-def _moments_multi_(
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    grads: list[Tensor],
-    beta2: float,
-    beta3: float,
-) -> None:
-    """:func:`_moments_` for lists of tensors."""
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
-    torch._foreach_mul_(exp_avg_sqs, beta3)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta3)
-
-
-def _add_multi(
-    tensors: list[Tensor], owned: bool, others: list[Tensor], alpha: float
-) -> tuple[list[Tensor], bool]:
-    """``tensors + alpha * others``, in place when ``tensors`` are owned temporaries; the result
-    is always owned."""
-    if owned:
-        torch._foreach_add_(tensors, others, alpha=alpha)
-        return tensors, True
-    return torch._foreach_add(tensors, others, alpha=alpha), True
-
-
-def _scaled(grad: Tensor, grad_scale: Tensor | None, maximize: bool) -> Tensor:
-    """The gradient the update uses: clipped by ``grad_scale`` and negated under ``maximize``.
-
-    Never modifies ``grad`` (the user's ``p.grad``)."""
-    if grad_scale is not None:
-        return grad * (-grad_scale if maximize else grad_scale)
-    return -grad if maximize else grad
-
-
-def _explore_single(grad: Tensor, ema: Tensor, alpha: float, beta: float) -> Tensor:
-    """Return :math:`\\hat g` as a new tensor and advance ``ema`` in place."""
-    diff = grad - ema
-    ema.add_(diff, alpha=1 - beta)
-    return diff.mul_(alpha * (1 - beta)).add_(grad)
-
-
-def _explore_multi(
-    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float, owned: bool = False
-) -> list[Tensor]:
-    r""":math:`\hat g` for each gradient, advancing each EMA; one list of temporaries at most.
-
-    ``owned``: the gradients are this step's own temporaries (clipped or negated copies), and
-    :math:`\hat g` is computed in them. The raw gradient is then gone once :math:`d = g - e_{k-1}`
-    is formed, so :math:`\hat g = g + \alpha(1-\beta) d` is evaluated as the equal
-    :math:`e_k + (\beta + \alpha(1-\beta)) d` (since :math:`g = e_k + \beta d`).
-    """
-    if owned:
-        torch._foreach_sub_(grads, emas)
-        torch._foreach_add_(emas, grads, alpha=1 - beta)
-        torch._foreach_mul_(grads, beta + alpha * (1 - beta))
-        torch._foreach_add_(grads, emas)
-        return grads
-    diffs = torch._foreach_sub(grads, emas)
-    torch._foreach_add_(emas, diffs, alpha=1 - beta)
-    torch._foreach_mul_(diffs, alpha * (1 - beta))
-    torch._foreach_add_(diffs, grads)
-    return diffs
 
 
 def explore(
@@ -158,8 +60,8 @@ def explore(
     The gradients are left untouched; the EMAs move to :math:`e_k`.
     """
     if foreach:
-        return _explore_multi(grads, emas, alpha, beta)
-    return [_explore_single(g, e, alpha, beta) for g, e in zip(grads, emas, strict=True)]
+        return explore_multi(grads, emas, alpha, beta)
+    return [explore_single(g, e, alpha, beta) for g, e in zip(grads, emas, strict=True)]
 
 
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
@@ -169,13 +71,10 @@ def global_grad_norm(grads: list[Tensor]) -> Tensor:
     """
     device = grads[0].device
     dtype = _opmath(grads[0].dtype)
-    buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
-        buckets.setdefault((g.device, g.dtype), []).append(g)
-    norms = [
-        torch.stack(torch._foreach_norm(bucket, 2, dtype=_opmath(dt))).to(device, dtype)
-        for (_, dt), bucket in buckets.items()
-    ]
+    norms = []
+    for (_, dt), idx in _group_by_device_and_dtype(grads).items():
+        bucket = torch._foreach_norm([grads[i] for i in idx], 2, dtype=_opmath(dt))
+        norms.append(torch.stack(bucket).to(device, dtype))
     return torch.linalg.vector_norm(torch.cat(norms))
 
 
@@ -188,13 +87,6 @@ def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- ALTO
-
-
-def _trust_ratio(param_norm: Tensor, update_norm: Tensor, eps2: float, eps3: float) -> Tensor:
-    r""":math:`\phi(\lVert\theta\rVert) / (\lVert r\rVert + \epsilon_2 \phi(\lVert\theta\rVert))`,
-    :math:`\phi(x) = x + \epsilon_3`."""
-    phi = param_norm + eps3
-    return phi / (update_norm + eps2 * phi)
 
 
 def _single_tensor_alto(
@@ -223,7 +115,7 @@ def _single_tensor_alto(
         grad = _scaled(grads[i], grad_scale, maximize)
         exp_avg, exp_avg_sq, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
         if grad_emas is not None:
-            grad = _explore_single(grad, grad_emas[i], alpha, beta1)
+            grad = explore_single(grad, grad_emas[i], alpha, beta1)
         step += 1
 
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
@@ -279,7 +171,7 @@ def _multi_tensor_alto(
         s = [steps[i] for i in idx]
         g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         if grad_emas is not None:
-            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
+            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
         torch._foreach_add_(s, 1)
 
         _moments_multi_(m, v, g, beta2, beta3)
@@ -414,7 +306,7 @@ def _single_tensor_eadam(
             else:
                 grad = grad.add(param, alpha=weight_decay)
         if grad_emas is not None:
-            grad = _explore_single(grad, grad_emas[i], alpha, beta1)
+            grad = explore_single(grad, grad_emas[i], alpha, beta1)
 
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
@@ -456,7 +348,7 @@ def _multi_tensor_eadam(
             else:
                 g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
-            g = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
+            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
 
         _moments_multi_(m, v, g, beta2, beta3)
         del g  # frees ĝ before the update's temporary is allocated
@@ -546,7 +438,7 @@ def _single_tensor_esgd(
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
         if grad_emas is not None:
-            grad = _explore_single(grad, grad_emas[i], alpha, beta)
+            grad = explore_single(grad, grad_emas[i], alpha, beta)
         if momentum != 0:
             buf = momentum_buffers[i]
             if buf is None:
@@ -555,10 +447,7 @@ def _single_tensor_esgd(
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             grad = grad.add(buf, alpha=momentum) if nesterov else buf
-        if isinstance(lr, Tensor):
-            param.sub_(grad * lr)
-        else:
-            param.add_(grad, alpha=-lr)
+        _apply_lr_(param, grad, lr, owned=False)
 
 
 def _multi_tensor_esgd(
@@ -583,7 +472,7 @@ def _multi_tensor_esgd(
         if weight_decay != 0:
             g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
-            g, owned = _explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned), True
+            g, owned = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned), True
         if momentum != 0:
             bufs: list[Tensor] = []
             for j, i in enumerate(idx):
@@ -653,9 +542,6 @@ def _pick_kernel(name: str, foreach: bool, fused: bool) -> Callable[..., None]:
     if foreach and fused:
         raise ValueError("foreach and fused cannot both be True; pick one path")
     if fused:
-        # Imported here, not at the top: _fused builds on this module's helpers.
-        from ._fused import _fused_alto, _fused_eadam, _fused_esgd
-
         return {"alto": _fused_alto, "eadam": _fused_eadam, "esgd": _fused_esgd}[name]
     if foreach:
         return {
@@ -668,59 +554,3 @@ def _pick_kernel(name: str, foreach: bool, fused: bool) -> Callable[..., None]:
         "eadam": _single_tensor_eadam,
         "esgd": _single_tensor_esgd,
     }[name]
-
-
-def _scaled_multi(
-    grads: list[Tensor], grad_scale: Tensor | None, maximize: bool
-) -> tuple[list[Tensor], bool]:
-    """The gradients the update uses (see :func:`_scaled`), and whether they are new temporaries
-    that the rest of the step may overwrite (the user's gradients never are)."""
-    if grad_scale is not None:
-        return torch._foreach_mul(grads, -grad_scale if maximize else grad_scale), True
-    if maximize:
-        return torch._foreach_neg(grads), True
-    return grads, False
-
-
-def _adam_update_multi(
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    bias_correction: bool,
-    dtype: torch.dtype,
-) -> list[Tensor]:
-    r""":math:`\hat m / (\sqrt{\hat v} + \epsilon)` as one new list of tensors: the denominator is
-    built in it and turned into the quotient in place (:math:`m \cdot (1/d)`), so that the step
-    holds one temporary of the parameters' size here rather than two."""
-    if bias_correction:
-        steps_t = [x.to(dtype) for x in steps]
-        bc2 = torch._foreach_pow(beta2, steps_t)
-        bc3 = torch._foreach_pow(beta3, steps_t)
-        for bc in (bc2, bc3):
-            torch._foreach_neg_(bc)
-            torch._foreach_add_(bc, 1)
-        torch._foreach_sqrt_(bc3)
-        update = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(update, bc3)
-    else:
-        update = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(update, eps)
-    torch._foreach_reciprocal_(update)
-    torch._foreach_mul_(update, exp_avgs)
-    if bias_correction:
-        torch._foreach_div_(update, bc2)
-    return update
-
-
-def _group_by_device_and_dtype(
-    tensors: list[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Indices of ``tensors`` bucketed by (device, dtype): foreach kernels need uniform lists."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        buckets.setdefault((t.device, t.dtype), []).append(i)
-    return buckets

@@ -33,15 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._functional import (
-    Number,
-    _explore_single,
-    _group_by_device_and_dtype,
-    _moments_,
-    _opmath,
-    _scaled,
-    _trust_ratio,
-)
+from ._e import explore_single, grad_hat
+from ._ops import Number, _group_by_device_and_dtype, _moments_, _opmath, _scaled, _trust_ratio
 
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
@@ -179,7 +172,7 @@ def _alto_moments(
     """Clip, E, and the two moments, in place."""
     grad = _scaled(grad, grad_scale, maximize)
     if grad_ema is not None:
-        grad = _explore_single(grad, grad_ema, alpha, beta1)
+        grad = explore_single(grad, grad_ema, alpha, beta1)
     _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
 
@@ -402,7 +395,7 @@ def _eadam_kernel(
             else:
                 grad = grad + weight_decay * param
         if grad_ema is not None:
-            grad = _explore_single(grad, grad_ema, alpha, beta1)
+            grad = explore_single(grad, grad_ema, alpha, beta1)
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
         param.sub_(exp_avg * (m_scale * lr) / (exp_avg_sq.sqrt() * v_scale + eps))
 
@@ -480,7 +473,7 @@ def _esgd_kernel(
         if weight_decay != 0:
             grad = grad + weight_decay * param
         if grad_ema is not None:
-            grad = _explore_single(grad, grad_ema, alpha, beta)
+            grad = explore_single(grad, grad_ema, alpha, beta)
         if momentum_buffer is not None:
             if first:
                 momentum_buffer.copy_(grad)
@@ -538,19 +531,19 @@ def _fused_esgd(
 
 
 def _explore_kernel(coefficient: float) -> Callable[..., None]:
-    r"""Write :math:`\hat g = g + c(g - e)` into a new tensor, in one pass."""
+    r"""Write E's :math:`\hat g` (:func:`valleys.optim._e.grad_hat`) into ``out``, in one pass."""
 
     def explore_tensor(out: Tensor, grad: Tensor, grad_ema: Tensor) -> None:
-        out.copy_((grad - grad_ema) * coefficient + grad)
+        out.copy_(grad_hat(grad, grad_ema, coefficient))
 
     return explore_tensor
 
 
-def fused_explore(
-    out: list[Tensor], grads: list[Tensor], emas: list[Tensor], coefficient: float
+def fused_grad_hat(
+    grads: list[Tensor], emas: list[Tensor], coefficient: float, out: list[Tensor]
 ) -> None:
-    """Explore's transform (see :func:`valleys.optim.explore._explore_into`): reads ``g`` and
-    ``e`` once, writes ``ĝ`` into ``out``."""
+    """:func:`valleys.optim._e.grad_hat_multi` with one compiled kernel per tensor (Explore's
+    fused path): reads ``g`` and ``e`` once, writes ``ĝ`` into ``out``."""
     for (device, dtype), idx in _group_by_device_and_dtype(grads).items():
         kernel = _kernel(_explore_kernel, (coefficient,), (device.type, dtype))
         with _constant_floats():

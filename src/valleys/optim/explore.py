@@ -22,7 +22,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._base import as_real, resolve_foreach, zeros_state
-from ._fused import fused_explore
+from ._e import advance_, advance_multi_, ghat_coefficient, grad_hat, grad_hat_multi
+from ._fused import fused_grad_hat
 from ._validation import check_alpha, check_beta
 
 __all__ = ["Explore"]
@@ -144,40 +145,44 @@ class Explore(Optimizer):
             if params:
                 groups.append((group, params))
 
-        raw: list[Tensor] = []
-        emas: list[Tensor] = []
-        betas: list[float] = []
+        # Each group's (E buffers, raw gradients, β, foreach), advanced once the base step is done.
+        advances: list[tuple[list[Tensor], list[Tensor], float, bool]] = []
         swapped: list[tuple[Tensor, Tensor]] = []
         try:
             for group, params in groups:
                 alpha, beta = group["explore_alpha"], group["explore_beta"]
                 grads = [as_real(p.grad) for p in params]
-                group_emas = []
+                emas = []
                 for p in params:
                     state = self.state[p]
                     if "grad_ema" not in state:
                         state["grad_ema"] = zeros_state(p)
-                    group_emas.append(as_real(state["grad_ema"]))
+                    emas.append(as_real(state["grad_ema"]))
                 ghats = [torch.empty_like(p.grad) for p in params]
-                coefficient = alpha * (1 - beta)
+                foreach = self.fused or self._foreach(grads)
+                out = [as_real(t) for t in ghats]
+                coefficient = ghat_coefficient(alpha, beta)
                 if self.fused:
-                    fused_explore([as_real(t) for t in ghats], grads, group_emas, coefficient)
+                    fused_grad_hat(grads, emas, coefficient, out)
+                elif foreach:
+                    grad_hat_multi(grads, emas, coefficient, out)
                 else:
-                    _explore_into(
-                        [as_real(t) for t in ghats], grads, group_emas, coefficient,
-                        self._foreach(grads),
-                    )  # fmt: skip
+                    for o, g, e in zip(out, grads, emas, strict=True):
+                        grad_hat(g, e, coefficient, out=o)
                 for p, ghat in zip(params, ghats, strict=True):
                     swapped.append((p, p.grad))
                     p.grad = ghat
-                raw += grads
-                emas += group_emas
-                betas += [beta] * len(grads)
+                advances.append((emas, grads, beta, foreach))
             self.optimizer.step()
         finally:
             for p, grad in swapped:
                 p.grad = grad
-        _advance_(emas, raw, betas, self.fused or self._foreach(emas))
+        for emas, grads, beta, foreach in advances:
+            if foreach:
+                advance_multi_(emas, grads, beta)
+            else:
+                for e, g in zip(emas, grads, strict=True):
+                    advance_(e, g, beta)
         return loss
 
     def _foreach(self, tensors: list[Tensor]) -> bool:
@@ -232,26 +237,3 @@ class Explore(Optimizer):
 
     def _params(self) -> list[Tensor]:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
-
-
-def _explore_into(
-    out: list[Tensor], grads: list[Tensor], emas: list[Tensor], coefficient: float, foreach: bool
-) -> None:
-    r"""Write :math:`\hat g = g + c\,(g - e)`, :math:`c = \alpha(1-\beta)`, into ``out``; the
-    gradients and the EMAs are only read (the EMAs advance after a successful base step)."""
-    if foreach:
-        # lerp(g, e, w) = g + w (e - g), so w = -c gives ĝ: two passes instead of four.
-        torch._foreach_copy_(out, grads)
-        torch._foreach_lerp_(out, emas, -coefficient)
-        return
-    for o, g, e in zip(out, grads, emas, strict=True):
-        torch.sub(g, e, out=o).mul_(coefficient).add_(g)
-
-
-def _advance_(emas: list[Tensor], raw: list[Tensor], betas: list[float], foreach: bool) -> None:
-    """:math:`e_k = \\beta e_{k-1} + (1-\\beta) g_k`."""
-    if foreach and len(set(betas)) == 1:
-        torch._foreach_lerp_(emas, raw, 1 - betas[0])
-        return
-    for e, g, beta in zip(emas, raw, betas, strict=True):
-        e.lerp_(g, 1 - beta)

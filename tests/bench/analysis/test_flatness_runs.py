@@ -17,7 +17,8 @@ from valleys.bench.analysis.flatness_runs import (
     plot_profiles,
 )
 from valleys.bench.run.checkpoint import CheckpointError
-from valleys.bench.run.train import TrainConfig, train
+from valleys.bench.run.config import TrainConfig
+from valleys.bench.run.train import train
 from valleys.bench.tasks import TaskOptions
 from valleys.commands.main import main
 

@@ -19,7 +19,7 @@ from valleys.bench.compare.run import (
     rerender,
     run_compare,
 )
-from valleys.bench.run.train import RunResult, TrainConfig
+from valleys.bench.run.config import RunResult, TrainConfig
 from valleys.bench.tasks import Task, TaskOptions, build_task
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,22 +13,17 @@ import pytest
 import torch
 from torch import nn
 
+from valleys.bench.run.batches import accumulate_gradients, epoch_batches
 from valleys.bench.run.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     write_json_atomic,
 )
+from valleys.bench.run.config import RunResult, TrainConfig, load_result
 from valleys.bench.run.metrics_log import read_metrics
 from valleys.bench.run.schedules import build_schedule, lr_factor, scale_lr
-from valleys.bench.run.train import (
-    RunResult,
-    TrainConfig,
-    accumulate_gradients,
-    epoch_batches,
-    load_result,
-    train,
-)
+from valleys.bench.run.train import train
 from valleys.bench.tasks import Task, TaskOptions, build_task
 from valleys.optim import create_optimizer
 

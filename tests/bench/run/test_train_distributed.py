@@ -20,7 +20,10 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.bench.run.train import TrainConfig, accumulate_gradients, shard_units, train
+from valleys.bench.run.batches import accumulate_gradients
+from valleys.bench.run.config import TrainConfig
+from valleys.bench.run.distributed import shard_units
+from valleys.bench.run.train import train
 from valleys.bench.tasks import build_task
 
 ARGS = ["--task", "digits", "--optimizer", "alto", "--micro-batch-size", "16", "--quiet"]

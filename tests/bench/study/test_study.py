@@ -23,16 +23,12 @@ from study_fixtures import (
     write_study,
 )
 
+from valleys.bench.study.errors import StudyConfigError, StudyError
+from valleys.bench.study.parse import load_study_config, parse_study_config
 from valleys.bench.study.report import write_study_report
-from valleys.bench.study.runner import (
-    Range,
-    StudyConfigError,
-    StudyError,
-    load_study_config,
-    open_storage,
-    parse_study_config,
-    run_study,
-)
+from valleys.bench.study.runner import run_study
+from valleys.bench.study.spaces import Range
+from valleys.bench.study.storage import open_storage
 from valleys.commands.study import add_study_parser
 
 
@@ -171,7 +167,8 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_it_is_retried(tmp_path: 
     path = write_study(tmp_path / "study.toml", data)
     out = tmp_path / "out"
     code = (
-        "from valleys.bench.study.runner import load_study_config, run_study; "
+        "from valleys.bench.study.parse import load_study_config; "
+        "from valleys.bench.study.runner import run_study; "
         f"run_study(load_study_config({str(path)!r}), {str(out)!r}, quiet=True)"
     )
     worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[3])
@@ -380,7 +377,7 @@ def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, tri
 def test_study_command_workers_default_to_compares(
     argv: list[str], expected: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from valleys.bench.compare.run import default_jobs
+    from valleys.bench.run.pool import default_jobs
     from valleys.bench.study import runner as study
 
     seen: dict[str, int] = {}

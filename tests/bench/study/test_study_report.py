@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from study_fixtures import tiny_study, write_study
 
-from valleys.bench.study.report import load_results, study_location, write_study_report
-from valleys.bench.study.runner import StudyConfigError, load_study_config, run_study
-from valleys.commands.study import add_report_parser
+from valleys.bench.study.errors import StudyConfigError
+from valleys.bench.study.parse import load_study_config
+from valleys.bench.study.report import write_study_report
+from valleys.bench.study.results import load_results, study_location
+from valleys.bench.study.runner import run_study
+from valleys.commands.report import add_report_parser
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""``valleys flatness RUN``: how flat is the minimum a training run ended in?
+"""How flat is the minimum a training run ended in? (what ``valleys flatness RUN`` measures)
 
 For a finished run directory (``config.json`` + ``checkpoint.pt`` from :func:`valleys.bench.run.train.train`)
 this measures, on a fixed subset of the *training* data with the model in eval mode:
@@ -18,7 +18,6 @@ run, so that ALTO's and Lamb's end points can be compared seed by seed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -39,13 +38,12 @@ from valleys.bench.analysis.flatness import (
     top_hessian_eigenvalue,
 )
 from valleys.bench.run.checkpoint import CheckpointError, load_checkpoint, write_json_atomic
-from valleys.bench.run.train import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
+from valleys.bench.run.config import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
 from valleys.bench.tasks import Task, build_task
 
 __all__ = [
     "FLATNESS_FILE",
     "FlatnessSettings",
-    "add_flatness_parser",
     "measure_run",
     "plot_profiles",
 ]
@@ -198,62 +196,3 @@ def plot_profiles(results: Sequence[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
-
-
-def add_flatness_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``flatness`` to the ``valleys`` subcommands."""
-    defaults = FlatnessSettings()
-    parser = subparsers.add_parser(
-        "flatness",
-        help="flatness of finished runs: top Hessian eigenvalue, trace, loss profile, distance",
-        description=(
-            "Measure each RUN's end point on a fixed training subset (model in eval mode): the "
-            "dominant Hessian eigenvalue (power iteration; reported only if it converged), the "
-            "Hutchinson trace, the loss along a filter-normalised direction and ||theta_T - "
-            "theta_0||. Writes flatness.json into each run and prints a table."
-        ),
-    )
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories of valleys train")
-    parser.add_argument(
-        "--examples", type=int, default=defaults.examples, help="training subset size"
-    )
-    parser.add_argument("--power-iters", type=int, default=defaults.power_iters)
-    parser.add_argument("--tol", type=float, default=defaults.tol, help="power iteration tolerance")
-    parser.add_argument("--trace-samples", type=int, default=defaults.trace_samples)
-    parser.add_argument("--profile-points", type=int, default=defaults.profile_points)
-    parser.add_argument("--lanczos-steps", type=int, default=defaults.lanczos_steps)
-    parser.add_argument("--plot", help="PNG of the loss profiles of all runs")
-    parser.set_defaults(handler=_flatness_command)
-    return parser
-
-
-def _cell(value: float | None, digits: int = 4) -> str:
-    return "not converged" if value is None else f"{value:.{digits}g}"
-
-
-def _flatness_command(args: argparse.Namespace) -> int:
-    settings = FlatnessSettings(
-        examples=args.examples,
-        power_iters=args.power_iters,
-        tol=args.tol,
-        trace_samples=args.trace_samples,
-        profile_points=args.profile_points,
-        lanczos_steps=args.lanczos_steps,
-    )
-    results = [measure_run(run, settings) for run in args.runs]
-    print(
-        "| optimizer | seed | batch | top eigenvalue | Lanczos min … max | trace (± se) | distance "
-        "| loss | run |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        trace = f"{r['hessian_trace']:.4g} ± {r['hessian_trace_stderr']:.2g}"
-        extremes = f"{_cell(r['lanczos_min_eigenvalue'])} … {_cell(r['lanczos_max_eigenvalue'])}"
-        print(
-            f"| {r['optimizer']} | {r['seed']} | {r['batch_size']} | {_cell(r['top_eigenvalue'])} | "
-            f"{extremes} | {trace} | {r['distance_travelled']:.4g} | "
-            f"{r['train_loss_on_subset']:.4g} | {r['run']} |"
-        )
-    if args.plot:
-        print(f"\nprofiles: {plot_profiles(results, Path(args.plot))}")
-    return 0

@@ -62,10 +62,11 @@ PAPER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 
 def optimizer_settings(function: str, name: str) -> dict[str, Any]:
     """The keyword arguments (besides lr) ``name`` runs with on ``function``."""
+    family = optimizer_info(name).family
     settings: dict[str, Any] = {}
-    if name in ("sgd", "esgd", "e_sgd"):
+    if family == "sgd":
         settings["momentum"] = 0.0
-    if name in ("lamb", "alto", "alto_vanilla"):
+    if family == "layerwise":
         settings["weight_decay"] = 0.0
     settings.update(PAPER_SETTINGS.get(function, {}).get(name, {}))
     return settings

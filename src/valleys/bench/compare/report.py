@@ -1,6 +1,6 @@
 """Tables and plots from stored run results.
 
-Everything here reads :class:`~valleys.bench.run.train.RunResult` records (as stored in JSON), never a
+Everything here reads :class:`~valleys.bench.run.config.RunResult` records (as stored in JSON), never a
 live run, so a report can be redrawn at any time from what is on disk.
 
 Learning-rate selection: for each optimizer, every lr of its grid is aggregated over seeds (mean and
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from valleys.bench.run.checkpoint import atomic_write_bytes
-from valleys.bench.run.train import RunResult
+from valleys.bench.run.config import RunResult
 
 __all__ = [
     "Aggregate",

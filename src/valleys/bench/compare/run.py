@@ -4,7 +4,7 @@ The default is the paper's claim at laptop scale: ALTO against Lamb, AdamW and S
 on Fashion-MNIST, three learning rates each, 20 epochs (140 steps) for all. The model is an MLP:
 the small CNN costs ~30× more per example (~35 s per epoch on 2 cores), which would leave each run
 only a handful of steps within the time budget. Runs go two at a time in worker processes (see
-:func:`default_jobs`).
+:func:`~valleys.bench.run.pool.default_jobs`).
 
 A comparison directory holds ``compare.json`` (its configuration), ``runs/<name>/`` (one training
 run each, see :mod:`valleys.bench.run.train`), ``results.json`` (every finished run, rewritten after
@@ -16,9 +16,7 @@ checkpoint.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,25 +27,24 @@ from typing import Any
 import torch
 
 from valleys.bench.compare.report import OptimizerSummary, format_table, summarise, write_report
+from valleys.bench.run.batches import steps_per_epoch
 from valleys.bench.run.checkpoint import write_json_atomic
-from valleys.bench.run.progress import emit, progress_bar
-from valleys.bench.run.train import (
+from valleys.bench.run.config import (
     RESULT_FILE,
     RunResult,
     TrainConfig,
     check_optimizer_name,
     load_result,
-    make_optimizer,
-    steps_per_epoch,
-    train,
 )
+from valleys.bench.run.pool import default_jobs, run_pool, threads_per_worker
+from valleys.bench.run.progress import emit, progress_bar
+from valleys.bench.run.train import make_optimizer, train
 from valleys.bench.tasks import Task, build_task, get_task_spec
 
 __all__ = [
     "DEFAULT_OPTIMIZERS",
     "CompareConfig",
     "CompareResult",
-    "default_jobs",
     "default_lr_grid",
     "default_out_dir",
     "load_compare_config",
@@ -229,76 +226,120 @@ def _finished(run_dir: Path) -> RunResult | None:
     return result if result.status in ("completed", "diverged") else None
 
 
-def default_jobs() -> int:
-    """Two runs at a time where there are two or more CPUs, else one.
-
-    Measured on a 2-core machine shared with other work: a run with 2 threads slowed down 4-8×
-    whenever another process took a core (its threads wait for each other at every operation),
-    while single-threaded runs kept their speed; two of them side by side also use both cores
-    when the machine is idle.
-    """
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
-
-
 # Tasks built by a worker process, by their JSON description: a worker trains many runs of one task
 # and loads and preprocesses its data once.
 _WORKER_TASKS: dict[str, Task] = {}
 
 
-def _exit_worker(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _interrupt_run(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    # Ctrl-C reaches the parent, which stops the workers with SIGTERM (see _run_in_parallel); a
-    # worker taking Ctrl-C itself would die without returning its result and hang the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_worker)
-
-
-def _train_in_worker(item: tuple[int, dict[str, Any], str, bool]) -> tuple[int, dict[str, Any]]:
-    number, config_dict, run_dir, resume = item
+def _train_in_worker(item: tuple[dict[str, Any], str, bool]) -> dict[str, Any]:
+    """One run in a pool worker, where SIGTERM interrupts it: it stores itself as interrupted (its
+    last checkpoint intact, no temporary file left behind) before the worker exits."""
+    config_dict, run_dir, resume = item
     config = TrainConfig.from_dict(config_dict)
     key = json.dumps([config.task, config_dict["task_options"]], sort_keys=True)
     if key not in _WORKER_TASKS:
         _WORKER_TASKS[key] = build_task(config.task, config.task_options)
-    # While training, SIGTERM is an interruption: the run stores itself as interrupted (its last
-    # checkpoint intact, no temporary file left behind), then the worker exits.
-    signal.signal(signal.SIGTERM, _interrupt_run)
-    try:
-        result = train(config, run_dir, resume=resume, task=_WORKER_TASKS[key], quiet=True)
-    except KeyboardInterrupt:
-        raise SystemExit(128 + signal.SIGTERM) from None
-    finally:
-        signal.signal(signal.SIGTERM, _exit_worker)
-    return number, result.to_dict()
+    return train(config, run_dir, resume=resume, task=_WORKER_TASKS[key], quiet=True).to_dict()
 
 
-def _run_in_parallel(
-    work: Sequence[tuple[int, TrainConfig, Path]],
-    *,
-    jobs: int,
-    resume: bool,
-    record: Callable[[int, RunResult], None],
-) -> None:
-    """Train ``work`` (number, config, run directory) in ``jobs`` processes; record each result."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    items = [(number, config.to_dict(), str(run_dir), resume) for number, config, run_dir in work]
-    # spawn, not fork: forking a process whose OpenMP threads already ran is not safe. Leaving the
-    # pool terminates its workers, so on Ctrl-C or an error the runs in progress stop at once
-    # (each resumable from its last checkpoint) and queued runs never start.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        for number, result in pool.imap_unordered(_train_in_worker, items):
-            record(number, RunResult.from_dict(result))
-        # All done: let the workers exit on their own, so no SIGTERM meets one already exiting.
-        pool.close()
-        pool.join()
+class _Session:
+    """The runs of one comparison, those finished so far, and how each new result is stored."""
+
+    def __init__(
+        self,
+        config: CompareConfig,
+        out: Path,
+        task: Task,
+        *,
+        resume: bool,
+        quiet: bool,
+        log: Callable[[str], None] | None,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.task = task
+        self.resume = resume
+        self.quiet = quiet
+        self.log = log
+        self.runs = config.run_configs()
+        self.finished: dict[int, RunResult] = {}
+        if resume:
+            for number, (name, _) in enumerate(self.runs):
+                previous = _finished(out / "runs" / name)
+                if previous is not None:
+                    self.finished[number] = previous
+        self.pending = [n for n in range(len(self.runs)) if n not in self.finished]
+        self.bar = progress_bar(len(self.runs), unit="run", quiet=quiet, initial=len(self.finished))
+
+    def results(self) -> list[RunResult]:
+        """The finished runs in the order of :meth:`CompareConfig.run_configs`."""
+        return [self.finished[k] for k in sorted(self.finished)]
+
+    def store(self) -> None:
+        """Rewrite ``results.json`` with every finished run."""
+        write_json_atomic(
+            self.out / RESULTS_FILE,
+            {"config": self.config.to_dict(), "runs": [r.to_dict() for r in self.results()]},
+        )
+
+    def record(self, number: int, result: RunResult) -> None:
+        """Store run ``number``'s result before showing it."""
+        self.finished[number] = result
+        self.store()
+        self.bar.update(1)
+        if not self.quiet:
+            line = _run_line(result, self.task.metric)
+            emit(
+                f"[{len(self.finished)}/{len(self.runs)}] {self.runs[number][0]}: {line}",
+                self.bar,
+                self.log,
+            )
+
+    def train_here(self) -> None:
+        """Train the pending runs one after the other in this process, epochs on the bar."""
+        for number in self.pending:
+            name, run_config = self.runs[number]
+
+            def show_epoch(epoch_record: dict[str, Any], name: str = name) -> None:
+                epoch = epoch_record["epoch"]
+                self.bar.set_postfix_str(f"{name}, epoch {epoch}/{self.config.base.epochs}")
+
+            result = train(
+                run_config,
+                self.out / "runs" / name,
+                resume=self.resume,
+                task=self.task,
+                quiet=True,
+                on_epoch=show_epoch,
+            )
+            self.record(number, result)
+
+    def train_in_workers(self, jobs: int) -> None:
+        """Train the pending runs in ``jobs`` worker processes (each builds its own task)."""
+        items = [
+            (self.runs[n][1].to_dict(), str(self.out / "runs" / self.runs[n][0]), self.resume)
+            for n in self.pending
+        ]
+
+        def record(index: int, result: dict[str, Any]) -> None:
+            self.record(self.pending[index], RunResult.from_dict(result))
+
+        run_pool(_train_in_worker, items, jobs=jobs, on_result=record, name="valleys-compare")
+
+
+def _check_out_dir(config: CompareConfig, out: Path, resume: bool) -> None:
+    """Refuse to overwrite a comparison, or to resume one stored with another configuration."""
+    stored = out / COMPARE_FILE
+    if resume and stored.is_file():
+        if load_compare_config(out).to_dict() != config.to_dict():
+            raise ValueError(
+                f"{out} holds a comparison with another configuration; resume it with its own "
+                "(`valleys compare --resume DIR` alone) or choose another directory"
+            )
+    elif stored.is_file():
+        raise FileExistsError(
+            f"{out} already holds a comparison: resume it, or choose another directory"
+        )
 
 
 def run_compare(
@@ -323,8 +364,9 @@ def run_compare(
             processes (``jobs > 1``) build their own copy.
         log: receives the per-run lines instead of stderr.
         jobs: runs trained at a time, each in its own process with ``cpu_count // jobs`` threads
-            (None: :func:`default_jobs`). With one job, runs use this process and its threads.
-            Results are reproducible for a given number of threads per run.
+            (None: :func:`~valleys.bench.run.pool.default_jobs`). With one job, runs use this
+            process and its threads. Results are reproducible for a given number of threads per
+            run.
 
     Raises:
         ValueError: an invalid configuration, or ``resume`` with a different stored one.
@@ -336,87 +378,44 @@ def run_compare(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     config = config.resolved()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
-    stored = out / COMPARE_FILE
-    if resume and stored.is_file():
-        previous = load_compare_config(out)
-        if previous.to_dict() != config.to_dict():
-            raise ValueError(
-                f"{out} holds a comparison with another configuration; resume it with its own "
-                "(`valleys compare --resume DIR` alone) or choose another directory"
-            )
-    elif stored.is_file():
-        raise FileExistsError(
-            f"{out} already holds a comparison: resume it, or choose another directory"
-        )
+    _check_out_dir(config, out, resume)
     if task is None:
         task = build_task(config.base.task, config.base.task_options)
     _check_fits(config, task)
-    write_json_atomic(stored, config.to_dict())
-    target = config.base.target if config.base.target is not None else task.target
-
-    def say(message: str) -> None:
-        if not quiet:
-            emit(message, bar, log)
-
-    runs = config.run_configs()
-    finished: dict[int, RunResult] = {}
-    for number, (name, _) in enumerate(runs):
-        previous_result = _finished(out / "runs" / name) if resume else None
-        if previous_result is not None:
-            finished[number] = previous_result
-    pending = [number for number in range(len(runs)) if number not in finished]
-
-    def store() -> None:
-        write_json_atomic(
-            out / RESULTS_FILE,
-            {"config": config.to_dict(), "runs": [finished[k].to_dict() for k in sorted(finished)]},
-        )
-
-    def record(number: int, result: RunResult) -> None:
-        finished[number] = result
-        store()
-        bar.update(1)
-        say(f"[{len(finished)}/{len(runs)}] {runs[number][0]}: {_run_line(result, task.metric)}")
-
-    if finished:
+    write_json_atomic(out / COMPARE_FILE, config.to_dict())
+    session = _Session(config, out, task, resume=resume, quiet=quiet, log=log)
+    if session.finished:
         # Runs that finished after the last store (the comparison stopped in between) count too.
-        store()
-
-    jobs = min(jobs or default_jobs(), max(1, len(pending)))
-    bar = progress_bar(len(runs), unit="run", quiet=quiet, initial=len(finished))
+        session.store()
+    jobs = min(jobs or default_jobs(), max(1, len(session.pending)))
     try:
         if jobs == 1:
-            for number in pending:
-                name, run_config = runs[number]
-
-                def show_epoch(epoch_record: dict[str, Any], name: str = name) -> None:
-                    epoch = epoch_record["epoch"]
-                    bar.set_postfix_str(f"{name}, epoch {epoch}/{config.base.epochs}")
-
-                result = train(
-                    run_config,
-                    out / "runs" / name,
-                    resume=resume,
-                    task=task,
-                    quiet=True,
-                    on_epoch=show_epoch,
-                )
-                record(number, result)
+            session.train_here()
         else:
-            work = [(n, runs[n][1], out / "runs" / runs[n][0]) for n in pending]
-            _run_in_parallel(work, jobs=jobs, resume=resume, record=record)
+            session.train_in_workers(jobs)
     finally:
-        bar.close()
-    results = [finished[k] for k in sorted(finished)]
-    wall = time.perf_counter() - started
-    summaries = summarise(results)
-    threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+        session.bar.close()
+    threads = torch.get_num_threads() if jobs == 1 else threads_per_worker(jobs)
+    target = config.base.target if config.base.target is not None else task.target
     execution = f"{jobs} run(s) at a time, {threads} thread(s) each"
+    return _finish(session, target, time.perf_counter() - started, execution)
+
+
+def _finish(session: _Session, target: float | None, wall: float, execution: str) -> CompareResult:
+    """Write the report and ``summary.json`` of a finished comparison."""
+    results = session.results()
+    summaries = summarise(results)
+    config = session.config
     report = write_report(
-        out, config.to_dict(), results, target=target, wall_seconds=wall, execution=execution
+        session.out,
+        config.to_dict(),
+        results,
+        target=target,
+        wall_seconds=wall,
+        execution=execution,
     )
     write_json_atomic(
-        out / SUMMARY_FILE,
+        session.out / SUMMARY_FILE,
         {
             "target": target,
             "wall_seconds": wall,
@@ -424,7 +423,7 @@ def run_compare(
             "optimizers": [_summary_dict(s) for s in summaries],
         },
     )
-    return CompareResult(out, config, results, summaries, target, wall, report)
+    return CompareResult(session.out, config, results, summaries, target, wall, report)
 
 
 def _run_line(result: RunResult, metric: str) -> str:

@@ -1,0 +1,1 @@
+"""Performance measurements of the optimizers themselves (the step benchmark)."""

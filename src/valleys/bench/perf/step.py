@@ -30,14 +30,11 @@ median step time, reported as a fraction of the copy bandwidth measured in the s
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
-import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -329,6 +326,64 @@ def pin_one_core() -> int | None:
     return core
 
 
+def _start(
+    variants: list[Variant], init: list[Tensor], grads: list[Tensor], warmup: int
+) -> tuple[list[Runner], dict[str, float], dict[str, str]]:
+    """A runner per variant, warmed up: the runners, each one's first step time, and the first
+    line of the error of each variant that cannot run here."""
+    errors: dict[str, str] = {}
+    runners: list[Runner] = []
+    first: dict[str, float] = {}
+    for variant in variants:
+        try:
+            runner = Runner(variant, init, grads)
+            first[variant.name] = runner.timed_step()
+            for _ in range(warmup - 1):
+                runner.timed_step()
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
+            errors[variant.name] = f"{type(error).__name__}: {error}".splitlines()[0]
+            continue
+        runners.append(runner)
+    return runners, first, errors
+
+
+def _timed_rounds(runners: list[Runner], repeats: int) -> dict[str, list[float]]:
+    """``repeats`` timed steps of every runner, interleaved round by round."""
+    times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
+    for round_ in range(repeats):
+        # Rotate the order each round so that no variant always follows the same neighbour.
+        shift = round_ % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
+            times[runner.variant.name].append(runner.timed_step())
+    return times
+
+
+def _measure(runner: Runner, times: list[float], first: float, bandwidth: float) -> dict[str, Any]:
+    """One variant's entry of the report, from its step times and one more, measured, step."""
+    n_params = sum(p.numel() for p in runner.params)
+    param_bytes = sum(p.numel() * p.element_size() for p in runner.params)
+    runner.refill_grads()
+    peak = peak_extra_bytes(runner.opt.step, runner.device)
+    state = state_bytes(runner.opt)
+    median = statistics.median(times)
+    moved = runner.variant.elements_moved * param_bytes
+    return {
+        "source": runner.variant.source,
+        "median_s": median,
+        "model_bytes_per_param": runner.variant.elements_moved * param_bytes / n_params,
+        "achieved_bytes_per_s": moved / median,
+        "fraction_of_copy_bandwidth": moved / median / bandwidth,
+        "min_s": min(times),
+        "times_s": times,
+        "first_step_s": first,
+        "state_bytes": state,
+        "state_bytes_per_param": state / n_params,
+        "state_to_param_bytes": state / param_bytes,
+        "peak_extra_bytes": peak,
+        "peak_extra_to_param_bytes": None if peak is None else peak / param_bytes,
+    }
+
+
 def run(
     layout: str,
     scale: float,
@@ -351,48 +406,12 @@ def run(
     bandwidth = copy_bandwidth(where, dtype)
     chosen = [v for v in VARIANTS if names is None or v.name in names]
 
-    errors: dict[str, str] = {}
-    runners: list[Runner] = []
-    first: dict[str, float] = {}
-    for variant in chosen:
-        try:
-            runner = Runner(variant, init, grads)
-            first[variant.name] = runner.timed_step()
-            for _ in range(warmup - 1):
-                runner.timed_step()
-        except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
-            errors[variant.name] = f"{type(error).__name__}: {error}".splitlines()[0]
-            continue
-        runners.append(runner)
-    times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
-    for round_ in range(repeats):
-        # Rotate the order each round so that no variant always follows the same neighbour.
-        shift = round_ % len(runners)
-        for runner in runners[shift:] + runners[:shift]:
-            times[runner.variant.name].append(runner.timed_step())
-
-    results: dict[str, dict[str, Any]] = {}
-    for runner in runners:
-        runner.refill_grads()
-        peak = peak_extra_bytes(runner.opt.step, where)
-        state = state_bytes(runner.opt)
-        median = statistics.median(times[runner.variant.name])
-        moved = runner.variant.elements_moved * param_bytes
-        results[runner.variant.name] = {
-            "source": runner.variant.source,
-            "median_s": median,
-            "model_bytes_per_param": runner.variant.elements_moved * param_bytes / n_params,
-            "achieved_bytes_per_s": moved / median,
-            "fraction_of_copy_bandwidth": moved / median / bandwidth,
-            "min_s": min(times[runner.variant.name]),
-            "times_s": times[runner.variant.name],
-            "first_step_s": first[runner.variant.name],
-            "state_bytes": state,
-            "state_bytes_per_param": state / n_params,
-            "state_to_param_bytes": state / param_bytes,
-            "peak_extra_bytes": peak,
-            "peak_extra_to_param_bytes": None if peak is None else peak / param_bytes,
-        }
+    runners, first, errors = _start(chosen, init, grads, warmup)
+    times = _timed_rounds(runners, repeats)
+    results = {
+        r.variant.name: _measure(r, times[r.variant.name], first[r.variant.name], bandwidth)
+        for r in runners
+    }
     if BASELINE in results:
         base = results[BASELINE]["median_s"]
         for entry in results.values():
@@ -447,56 +466,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="valleys bench-step", description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="25m")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the layout's tensors")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
-    parser.add_argument(
-        "--variants",
-        help="comma-separated names (default: all): " + ", ".join(v.name for v in VARIANTS),
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype"
-    )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 2 tensors, 3 repeats")
-    parser.add_argument("--out", type=Path, required=True, help="JSON output path")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.scale, args.repeats, args.warmup = min(args.scale, 0.02), 3, 1
-    names = args.variants.split(",") if args.variants else None
-    unknown = set(names or ()) - {v.name for v in VARIANTS}
-    if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
-    if not math.isfinite(args.scale) or args.scale <= 0:
-        parser.error("--scale must be a positive number")
-
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device: {error}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to this torch")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device}")
-
-    report = run(
-        args.layout,
-        args.scale,
-        args.repeats,
-        args.warmup,
-        names,
-        device=args.device,
-        dtype=getattr(torch, args.dtype),
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown_table(report))
-    print(f"\nwrote {args.out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    """Write ``report`` as indented JSON to ``path`` (its folder created); return ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path

@@ -8,44 +8,34 @@ The report (``report.md`` with PNGs under ``figures/``) has, where the study has
 - time to the target metric per optimizer and batch size.
 
 Beside each stands the paper's corresponding result from ``PAPER.md`` (different tasks and models:
-they show the shape to expect, not numbers to match). Everything is read from the storage (each
-trial's user attributes), so a study run on many machines reports from any of them.
-
-A configuration's seeds are averaged for the tables and plots after leaving diverged seeds out (they
-are counted instead); the best configuration is chosen by the study's objective, in which a
-diverged seed scores the worst possible value.
+they show the shape to expect, not numbers to match). The results are read by
+:mod:`valleys.bench.study.results` and drawn by :mod:`valleys.bench.study.figures`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from valleys.bench.study.runner import (
-    PARAMETERS,
-    STUDY_FILE,
-    StudyError,
-    open_storage,
-    param_key,
-    worst_value,
+from valleys.bench.study.figures import (
+    batch_text,
+    draw_heatmap,
+    draw_lr_figure,
+    draw_metric_vs_batch,
+    draw_scatter,
+    draw_time_bars,
+    metric_scale,
 )
+from valleys.bench.study.results import UnitResult, find_unit, load_results
+from valleys.bench.study.spaces import PARAMETERS
 
 __all__ = [
     "PAPER_BATCH_SWEEP",
     "PAPER_RESULTS",
     "PAPER_TIME_TO_TARGET",
-    "ConfigResult",
-    "SeedResult",
-    "UnitResult",
-    "load_results",
-    "study_location",
     "write_study_report",
 ]
 
@@ -79,141 +69,11 @@ REPORT_FILE = "report.md"
 FIGURES = "figures"
 
 
-@dataclass
-class SeedResult:
-    """One training run of a configuration (see the trial attributes written by the study)."""
-
-    seed: int
-    status: str
-    value: float
-    best_metric: float | None
-    final_metric: float | None
-    final_train_loss: float | None
-    time_to_target: float | None
-    epochs_to_target: int | None
-    top_eigenvalue: float | None = None
-    hessian_trace: float | None = None
-    distance_travelled: float | None = None
-
-
-@dataclass
-class ConfigResult:
-    """A configuration (parameters without the seed) and its runs."""
-
-    params: dict[str, float]
-    seeds: list[SeedResult] = field(default_factory=list)
-
-    def value(self, maximize: bool) -> float:
-        """Mean objective over the seeds (a diverged seed counts as the worst value)."""
-        values = [s.value for s in self.seeds]
-        return statistics.fmean(values) if values else worst_value(maximize)
-
-    def stat(self, name: str) -> tuple[float, float, int] | None:
-        """(mean, std, n) of a per-seed quantity over the seeds that did not diverge and have it."""
-        values = [
-            float(getattr(s, name))
-            for s in self.seeds
-            if s.status != "diverged" and getattr(s, name) is not None
-        ]
-        if not values:
-            return None
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std, len(values)
-
-    @property
-    def diverged(self) -> int:
-        """Seeds that diverged."""
-        return sum(s.status == "diverged" for s in self.seeds)
-
-
-@dataclass
-class UnitResult:
-    """The results of one Optuna study: one optimizer at one batch size."""
-
-    optimizer: str
-    batch_size: int
-    meta: dict[str, Any]
-    configs: list[ConfigResult]
-    states: dict[str, int]
-
-    @property
-    def maximize(self) -> bool:
-        """Direction of the objective."""
-        return self.meta["objective"] != "time_to_target" and bool(self.meta["higher_is_better"])
-
-    def best(self) -> ConfigResult | None:
-        """The configuration with the best mean objective."""
-        if not self.configs:
-            return None
-        pick = max if self.maximize else min
-        return pick(self.configs, key=lambda c: c.value(self.maximize))
-
-
-def load_results(url: str, name: str) -> list[UnitResult]:
-    """The results of study ``name`` in the storage at ``url``, ordered by optimizer and batch.
-
-    Raises:
-        StudyError: the storage cannot be opened or holds no study of that name.
-    """
-    from optuna.trial import TrialState
-
-    storage = open_storage(url)
-    units = []
-    for summary in storage.get_all_studies():
-        meta = summary.user_attrs.get("valleys")
-        if not summary.study_name.startswith(f"{name}/") or not meta or meta["config"] != name:
-            continue
-        states: dict[str, int] = {}
-        configs: dict[tuple[tuple[str, float], ...], ConfigResult] = {}
-        maximize = meta["objective"] != "time_to_target" and bool(meta["higher_is_better"])
-        for trial in storage.get_all_trials(
-            storage.get_study_id_from_name(summary.study_name), deepcopy=False
-        ):
-            states[trial.state.name] = states.get(trial.state.name, 0) + 1
-            if trial.state != TrialState.COMPLETE:
-                continue
-            params = {k: float(v) for k, v in trial.params.items() if k != "seed"}
-            config = configs.setdefault(param_key(params), ConfigResult(params))
-            for record in trial.user_attrs.get("per_seed", []):
-                value = record.get("value")
-                config.seeds.append(
-                    SeedResult(
-                        seed=int(record["seed"]),
-                        status=record["status"],
-                        value=float(value) if value is not None else worst_value(maximize),
-                        best_metric=record.get("best_metric"),
-                        final_metric=record.get("final_metric"),
-                        final_train_loss=record.get("final_train_loss"),
-                        time_to_target=record.get("time_to_target"),
-                        epochs_to_target=record.get("epochs_to_target"),
-                        top_eigenvalue=record.get("top_eigenvalue"),
-                        hessian_trace=record.get("hessian_trace"),
-                        distance_travelled=record.get("distance_travelled"),
-                    )
-                )
-        units.append(
-            UnitResult(
-                meta["optimizer"], int(meta["batch_size"]), meta, list(configs.values()), states
-            )
-        )
-    if not units:
-        raise StudyError(f"no study named {name!r} in the storage")
-    order = {opt: i for i, opt in enumerate(dict.fromkeys(u.optimizer for u in units))}
-    return sorted(units, key=lambda u: (order[u.optimizer], u.batch_size))
-
-
-# --- formatting ---------------------------------------------------------------------------------
-
-
-def _is_fraction_metric(metric: str) -> bool:
-    return metric == "accuracy"
-
-
 def _show(stat: tuple[float, float, int] | None, metric: str | None = None, unit: str = "") -> str:
     if stat is None:
         return "—"
     mean, std, _ = stat
-    if metric is not None and _is_fraction_metric(metric):
+    if metric is not None and metric_scale(metric) == 100:
         return f"{100 * mean:.2f} ± {100 * std:.2f} %"
     digits = 1 if unit == " s" else 4
     return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
@@ -227,151 +87,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
-
-
-def _batch_text(batch: int) -> str:
-    return f"{batch // 1000}K" if batch >= 1000 and batch % 1000 == 0 else str(batch)
-
-
-# --- figures ------------------------------------------------------------------------------------
-
-
-def _metric_vs_batch(units: Sequence[UnitResult], metric: str, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
-    axes = figure.add_subplot()
-    scale = 100 if _is_fraction_metric(metric) else 1
-    for optimizer in dict.fromkeys(u.optimizer for u in units):
-        xs, ys, errs = [], [], []
-        for unit in (u for u in units if u.optimizer == optimizer):
-            best = unit.best()
-            stat = best.stat("best_metric") if best else None
-            if stat is not None:
-                xs.append(unit.batch_size)
-                ys.append(scale * stat[0])
-                errs.append(scale * stat[1])
-        if xs:
-            axes.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=optimizer)
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("batch size")
-    axes.set_ylabel(f"best test {metric}" + (" (%)" if scale == 100 else ""))
-    axes.set_title(f"{metric} vs batch size (best configuration, mean ± std over seeds)")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    figure.savefig(path, dpi=110)
-
-
-def _heatmap(unit: UnitResult, metric: str, path: Path) -> None:
-    """Best mean metric per (β1, α) cell (the best over any other parameter), seeds averaged, with
-    its standard deviation over seeds; α = 0 is E switched off (Lamb, for ALTO)."""
-    from matplotlib.figure import Figure
-
-    betas = sorted({c.params["beta1"] for c in unit.configs})
-    alphas = sorted({c.params["alpha"] for c in unit.configs})
-    scale = 100 if _is_fraction_metric(metric) else 1
-    grid = [[math.nan] * len(betas) for _ in alphas]
-    spread = [[math.nan] * len(betas) for _ in alphas]
-    better = (lambda a, b: a > b) if unit.meta["higher_is_better"] else (lambda a, b: a < b)
-    for config in unit.configs:
-        stat = config.stat("best_metric")
-        if stat is None:
-            continue
-        row, col = alphas.index(config.params["alpha"]), betas.index(config.params["beta1"])
-        if math.isnan(grid[row][col]) or better(scale * stat[0], grid[row][col]):
-            grid[row][col], spread[row][col] = scale * stat[0], scale * stat[1]
-    figure = Figure(figsize=(1.6 + 1.1 * len(betas), 1.2 + 0.6 * len(alphas)), layout="constrained")
-    axes = figure.add_subplot()
-    image = axes.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-    axes.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
-    off = " (Lamb)" if unit.optimizer == "alto" else " (E off)"
-    axes.set_yticks(range(len(alphas)), [f"{a:g}" + (off if a == 0 else "") for a in alphas])
-    axes.set_xlabel("β1 (E)")
-    axes.set_ylabel("α (E)")
-    for row, values in enumerate(grid):
-        for col, value in enumerate(values):
-            if math.isnan(value):
-                axes.text(col, row, "unstable\nor failed", ha="center", va="center", fontsize=7)
-                continue
-            red, green, blue, _ = image.cmap(image.norm(value))
-            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
-            axes.text(
-                col,
-                row,
-                f"{value:.1f}\n± {spread[row][col]:.1f}",
-                ha="center",
-                va="center",
-                color="black" if light else "white",
-                fontsize=7,
-            )
-    figure.colorbar(image, ax=axes, label=f"best test {metric}" + (" (%)" if scale == 100 else ""))
-    axes.set_title(f"{unit.optimizer}, batch {unit.batch_size}: mean ± std over seeds")
-    figure.savefig(path, dpi=110)
-
-
-def _scatter(unit: UnitResult, metric: str, path: Path) -> None:
-    """Each sampled configuration at its (β1, α), coloured by its mean metric over seeds."""
-    from matplotlib.figure import Figure
-
-    scale = 100 if _is_fraction_metric(metric) else 1
-    points = [
-        (c.params["beta1"], c.params["alpha"], scale * stat[0])
-        for c in unit.configs
-        if (stat := c.stat("best_metric")) is not None
-    ]
-    figure = Figure(figsize=(5.6, 4.2), layout="constrained")
-    axes = figure.add_subplot()
-    if points:
-        betas, alphas, values = zip(*points, strict=True)
-        image = axes.scatter(betas, alphas, c=values, cmap="viridis", s=60, edgecolors="black")
-        figure.colorbar(
-            image, ax=axes, label=f"best test {metric}" + (" (%)" if scale == 100 else "")
-        )
-    axes.set_xlabel("β1 (E)")
-    axes.set_ylabel("α (E)")
-    axes.set_title(f"{unit.optimizer}, batch {unit.batch_size}: sampled configurations")
-    figure.savefig(path, dpi=110)
-
-
-def _time_bars(units: Sequence[UnitResult], path: Path) -> None:
-    """Bars of seconds and of epochs to the target, side by side: seconds are what the paper
-    reports, epochs are what survives a shared machine's timing noise."""
-    from matplotlib.figure import Figure
-
-    optimizers = list(dict.fromkeys(u.optimizer for u in units))
-    batches = sorted({u.batch_size for u in units})
-    width = 0.8 / len(optimizers)
-    panel_width = max(3.2, 1.2 + 1.4 * len(batches) * max(1, len(optimizers) / 2))
-    figure = Figure(figsize=(2 * panel_width, 4.2), layout="constrained")
-    panels = (("time_to_target", "training seconds to target"), ("epochs_to_target", "epochs"))
-    for k, (name, ylabel) in enumerate(panels):
-        axes = figure.add_subplot(1, len(panels), k + 1)
-        for i, optimizer in enumerate(optimizers):
-            for j, batch in enumerate(batches):
-                unit = next(
-                    (u for u in units if u.optimizer == optimizer and u.batch_size == batch), None
-                )
-                best = unit.best() if unit else None
-                stat = best.stat(name) if best else None
-                x = j + (i - (len(optimizers) - 1) / 2) * width
-                if stat is None:
-                    axes.text(x, 0, "not\nreached", ha="center", va="bottom", fontsize=7)
-                    continue
-                axes.bar(x, stat[0], width, yerr=stat[1], capsize=3, color=f"C{i}", label=optimizer)
-        axes.set_xticks(range(len(batches)), [f"batch {_batch_text(b)}" for b in batches])
-        axes.set_ylabel(ylabel)
-        handles, labels = axes.get_legend_handles_labels()
-        if handles and k == 0:
-            axes.legend(*_unique(handles, labels))
-    figure.suptitle("Time to target: best configuration per optimizer, mean ± std over seeds")
-    figure.savefig(path, dpi=110)
-
-
-def _unique(handles: list[Any], labels: list[str]) -> tuple[list[Any], list[str]]:
-    seen: dict[str, Any] = {}
-    for handle, label in zip(handles, labels, strict=True):
-        seen.setdefault(label, handle)
-    return list(seen.values()), list(seen)
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -534,24 +249,21 @@ def _batch_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> lis
     batches = sorted({u.batch_size for u in units})
     if len(batches) < 2:
         return []
-    _metric_vs_batch(units, metric, figures / "metric_vs_batch.png")
+    draw_metric_vs_batch(units, metric, figures / "metric_vs_batch.png")
     optimizers = list(dict.fromkeys(u.optimizer for u in units))
     rows = []
     for batch in batches:
         row = [str(batch)]
         means: dict[str, float] = {}
         for optimizer in optimizers:
-            unit = next(
-                (u for u in units if u.optimizer == optimizer and u.batch_size == batch), None
-            )
-            best = unit.best() if unit else None
-            stat = best.stat("best_metric") if best else None
+            unit = find_unit(units, optimizer, batch)
+            stat = unit.best_stat("best_metric") if unit else None
             row.append(_show(stat, metric))
             if stat is not None:
                 means[optimizer] = stat[0]
         if {"alto", "lamb"} <= set(optimizers):
             gap = means.get("alto", math.nan) - means.get("lamb", math.nan)
-            scale = 100 if _is_fraction_metric(metric) else 1
+            scale = metric_scale(metric)
             row.append("—" if math.isnan(gap) else f"{scale * gap:+.2f}")
         rows.append(row)
     headers = ["batch", *optimizers]
@@ -570,7 +282,7 @@ def _batch_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> lis
         *_table(
             ["batch", "ALTO", "Lamb", "ALTO − Lamb"],
             [
-                [_batch_text(b), f"{a:.2f}", f"{lamb:.2f}", f"{a - lamb:+.2f}"]
+                [batch_text(b), f"{a:.2f}", f"{lamb:.2f}", f"{a - lamb:+.2f}"]
                 for b, (a, lamb) in PAPER_BATCH_SWEEP.items()
             ],
         ),
@@ -578,49 +290,10 @@ def _batch_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> lis
     return [*lines, ""]
 
 
-def _lr_points(unit: UnitResult, scale: float) -> list[tuple[float, float, float]]:
-    """(lr, mean, std) of each configuration of ``unit`` with a result, by lr."""
-    return sorted(
-        (c.params["lr"], scale * stat[0], scale * stat[1])
-        for c in unit.configs
-        if "lr" in c.params and (stat := c.stat("best_metric")) is not None
-    )
-
-
-def _lr_figure(units: Sequence[UnitResult], metric: str, path: Path) -> None:
-    """The metric against the learning rate, one panel per batch size, one colour per optimizer."""
-    from matplotlib.figure import Figure
-
-    scale = 100 if _is_fraction_metric(metric) else 1
-    batches = sorted({u.batch_size for u in units})
-    optimizers = list(dict.fromkeys(u.optimizer for u in units))
-    figure = Figure(figsize=(0.8 + 4.6 * len(batches), 4.2), layout="constrained")
-    for k, batch in enumerate(batches):
-        axes = figure.add_subplot(1, len(batches), k + 1)
-        for i, optimizer in enumerate(optimizers):
-            for unit in units:
-                if unit.optimizer != optimizer or unit.batch_size != batch:
-                    continue
-                points = _lr_points(unit, scale)
-                if points:
-                    lrs, means, stds = zip(*points, strict=True)
-                    axes.errorbar(
-                        lrs, means, yerr=stds, fmt="o", capsize=3, color=f"C{i}", label=optimizer
-                    )
-        axes.set_xscale("log")
-        axes.set_xlabel("learning rate")
-        axes.set_ylabel(f"best test {metric}" + (" (%)" if scale == 100 else ""))
-        axes.set_title(f"batch {_batch_text(batch)}")
-        axes.grid(True, alpha=0.3)
-        axes.legend()
-    figure.suptitle("Each configuration: mean ± std over seeds")
-    figure.savefig(path, dpi=110)
-
-
 def _lr_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> list[str]:
     if all(len({c.params.get("lr") for c in u.configs}) < 2 for u in units):
         return []
-    _lr_figure(units, metric, figures / "metric_vs_lr.png")
+    draw_lr_figure(units, metric, figures / "metric_vs_lr.png")
     random = units[0].meta["kind"] == "random"
     return [
         "## Learning-rate sensitivity",
@@ -652,7 +325,7 @@ def _heatmap_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> l
     for unit in varied:
         # A grid fills cells; quasi-random points rarely share a β1 or an α, so they are scattered.
         name = f"{'heatmap' if grid else 'scatter'}_{unit.optimizer}_bs{unit.batch_size}.png"
-        (_heatmap if grid else _scatter)(unit, metric, figures / name)
+        (draw_heatmap if grid else draw_scatter)(unit, metric, figures / name)
         lines += [f"![(β1, α) at batch {unit.batch_size}]({FIGURES}/{name})", ""]
     lines += [
         "Blank cells lie outside E's stable region |α| < 1/(1 − β1) (left out of the grid) or "
@@ -672,7 +345,7 @@ def _heatmap_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> l
 def _time_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
     if not any(s.time_to_target is not None for u in units for c in u.configs for s in c.seeds):
         return []
-    _time_bars(units, figures / "time_to_target.png")
+    draw_time_bars(units, figures / "time_to_target.png")
     lines = [
         "## Time to target",
         "",
@@ -684,8 +357,7 @@ def _time_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
     ]
     times: dict[tuple[str, int], float] = {}
     for unit in units:
-        best = unit.best()
-        stat = best.stat("time_to_target") if best else None
+        stat = unit.best_stat("time_to_target")
         if stat is not None:
             times[(unit.optimizer, unit.batch_size)] = stat[0]
     ours = [
@@ -731,26 +403,6 @@ def write_study_report(
     return path
 
 
-def study_location(folder: str | os.PathLike[str], storage: str | None = None) -> tuple[str, str]:
-    """(storage URL, study name) of the study in ``folder`` (its ``study.json``); ``storage``
-    overrides the recorded URL.
-
-    Raises:
-        StudyError: the folder holds no study, or its recorded URL hides a password and no
-            ``storage`` is given.
-    """
-    path = Path(folder) / STUDY_FILE
-    if not path.is_file():
-        raise StudyError(f"{folder} holds no study ({STUDY_FILE} missing)")
-    data = json.loads(path.read_text())
-    url = storage or data["storage"]
-    if "***" in url:
-        raise StudyError(
-            f"the storage URL in {path} hides its password ({url}); pass it with --storage"
-        )
-    return url, data["name"]
-
-
 def _flatness_lines(units: Sequence[UnitResult]) -> list[str]:
     """Flatness of the best configuration's end points, for studies with ``flatness = true``."""
     rows = []
@@ -761,7 +413,7 @@ def _flatness_lines(units: Sequence[UnitResult]) -> list[str]:
         rows.append(
             [
                 unit.optimizer,
-                _batch_text(unit.batch_size),
+                batch_text(unit.batch_size),
                 _params_text(best.params),
                 _show(best.stat("top_eigenvalue")),
                 _show(best.stat("hessian_trace")),

@@ -1,0 +1,172 @@
+"""A study's Optuna storage: opening it (heartbeats, retries, SQLite locking), and its attributes.
+
+Nothing here knows a study's configuration: this is the plumbing between the study and Optuna.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from valleys.bench.study.errors import StudyError
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage, RDBStorage
+
+__all__ = [
+    "META_ATTR",
+    "RUN_KEY_ATTR",
+    "cached",
+    "open_storage",
+    "quiet_optuna",
+    "redact_url",
+    "retry_callback",
+    "study_id",
+]
+
+META_ATTR = "valleys"
+"""The Optuna study attribute holding the facts a report needs (see ``StudyConfig.meta``)."""
+
+RUN_KEY_ATTR = "run_key"
+"""The trial attribute naming the folder of its runs."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we could find
+        return url
+
+
+def retry_callback(max_retry: int) -> Any:
+    """Optuna's callback that queues a copy of a failed trial, up to ``max_retry`` times."""
+    from optuna import storages
+    from optuna.exceptions import ExperimentalWarning
+
+    # Optuna 4.9 renamed the callback; the old name still works but warns.
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", storages.RetryFailedTrialCallback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return cls(max_retry=max_retry)
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int = 0,
+) -> RDBStorage:
+    """The study's Optuna storage, with heartbeats and the retry callback when
+    ``heartbeat_interval`` is given (workers), without for readers; fails clearly.
+
+    On SQLite every transaction starts with ``BEGIN IMMEDIATE``: Python's driver otherwise starts
+    transactions only at the first write, so two workers could both read a trial as ``WAITING`` and
+    both take it. PostgreSQL locks the row (``SELECT ... FOR UPDATE``) and needs nothing extra.
+
+    Raises:
+        StudyError: the URL is malformed, its driver is missing, or the database cannot be reached.
+    """
+    import optuna
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    try:
+        dialect = sqlalchemy.engine.make_url(url).get_backend_name()
+    except Exception as exc:
+        raise StudyError(f"invalid storage URL {redact_url(url)!r}: {exc}") from None
+    heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **heartbeat)
+    except ImportError as exc:
+        raise StudyError(
+            f"cannot open storage {redact_url(url)}: the database driver is not installed ({exc}); "
+            "for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from None
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise StudyError(
+            f"cannot open storage {redact_url(url)}: {reason[0] if reason else type(exc).__name__}"
+        ) from None
+    if dialect == "sqlite":
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def _engine_kwargs(dialect: str) -> dict[str, Any]:
+    if dialect == "sqlite":
+        # Workers queue for the write lock rather than fail after the driver's default 5 s.
+        return {"connect_args": {"timeout": 120}}
+    if dialect == "postgresql":
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def _heartbeat_kwargs(
+    heartbeat_interval: int | None, grace_period: int | None, max_retry: int
+) -> dict[str, Any]:
+    from optuna.storages import RDBStorage
+
+    if heartbeat_interval is None:
+        return {}
+    # Optuna 4.9 renamed the argument along with the callback.
+    callback_arg = (
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
+        else "failed_trial_callback"
+    )
+    return {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        callback_arg: retry_callback(max_retry),
+    }
+
+
+def _begin_immediate(engine: Any) -> None:
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below.
+        dbapi_connection.isolation_level = None
+
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    # Connections opened while the storage set its tables up predate the listeners.
+    engine.dispose()
+
+
+def cached(storage: RDBStorage) -> BaseStorage:
+    """The storage wrapped as Optuna's studies wrap it, so that workers and studies share one
+    view of the trials (a study keeps a cache that would not know of trials taken around it)."""
+    from optuna.storages import get_storage
+
+    return get_storage(storage)
+
+
+def study_id(storage: BaseStorage, study_name: str) -> int:
+    """The storage's id of the Optuna study ``study_name``."""
+    return storage.get_study_id_from_name(study_name)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines (one per trial) would duplicate the study's progress lines."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
