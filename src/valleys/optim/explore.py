@@ -120,6 +120,12 @@ class Explore(Optimizer):
             "fused": self.fused,
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # torch's __setstate__ adds defaults["differentiable"], which is not an option of E;
+        # add_param_group would put it into every group added afterwards.
+        self.defaults.pop("differentiable", None)
+
     def __repr__(self) -> str:
         alpha, beta = self.defaults["explore_alpha"], self.defaults["explore_beta"]
         return f"Explore(alpha={alpha}, beta={beta}, {self.optimizer!r})"
