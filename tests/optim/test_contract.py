@@ -358,6 +358,17 @@ def test_state_dict_is_the_same_after_a_load(case: Case) -> None:
     assert twin.param_groups[-1].keys() == twin.param_groups[0].keys()
 
 
+def test_one_element_lr_tensor_of_any_shape_steps_like_a_float(case: Case) -> None:
+    params = make_params()
+    tensor_params = clone_params(params)
+    opt = case.make(params, lr=case.lr)
+    tensor_opt = case.make(tensor_params, lr=torch.tensor([[case.lr]], dtype=torch.float64))
+    _run(opt, params, range(3))
+    _run(tensor_opt, tensor_params, range(3))
+    for p, q in zip(params, tensor_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+
+
 def test_numeric_step_of_an_older_checkpoint_loads_and_continues(case: Case) -> None:
     params = make_params()
     opt = case.make(params)

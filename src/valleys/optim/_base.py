@@ -208,6 +208,17 @@ class ValleyOptimizer(Optimizer):
         return loss
 
 
+def group_lr(group: dict[str, Any]) -> float | Tensor:
+    """The group's lr as the kernels take it: a one-element tensor as a 0-d view of it.
+
+    torch.optim accepts any one-element lr tensor; one of shape (1, 1) would otherwise broadcast
+    the update of a 1-D parameter to 2-D. A view, so that in-place changes to the user's tensor
+    (``fill_`` by an LR scheduler) still apply.
+    """
+    lr = group["lr"]
+    return lr.reshape(()) if isinstance(lr, Tensor) and lr.dim() else lr
+
+
 def resolve_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
     """torch.optim's default: the foreach path on accelerators, the per-tensor loop on the CPU."""
     if foreach is not None:
