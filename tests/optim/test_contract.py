@@ -385,3 +385,10 @@ def test_numeric_step_of_an_older_checkpoint_loads_and_continues(case: Case) -> 
     for p, q in zip(params, other_params, strict=True):
         assert torch.equal(p, q)
     _assert_same_state(opt, other)
+
+
+def test_no_empty_state_entries(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(2))
+    assert all(opt.state_dict()["state"].values())

@@ -109,7 +109,8 @@ class ESGD(ValleyOptimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            state = self.state[p]
+            # Without E and momentum there is no state: like torch's SGD, no (empty) entry.
+            state = self.state[p] if alpha != 0 or momentum != 0 else {}
             dtype = state_dtype_for(group, p)
             if alpha != 0 and "grad_ema" not in state:
                 state["grad_ema"] = zeros_state(p, dtype)
