@@ -387,6 +387,23 @@ def test_numeric_step_of_an_older_checkpoint_loads_and_continues(case: Case) -> 
     _assert_same_state(opt, other)
 
 
+def test_state_dict_keeps_non_parameter_keys_a_hook_adds(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(2))
+    opt.register_state_dict_pre_hook(lambda o: o.state.__setitem__("note", 1))
+    saved = opt.state_dict()
+    assert saved["state"]["note"] == 1
+    other_params = clone_params(params)
+    other = case.make(other_params)
+    other.load_state_dict(copy.deepcopy(saved))
+    assert other.state_dict()["state"]["note"] == 1
+    _run(opt, params, range(2, 4))
+    _run(other, other_params, range(2, 4))
+    for p, q in zip(params, other_params, strict=True):
+        assert torch.equal(p, q)
+
+
 def test_no_empty_state_entries(case: Case) -> None:
     params = make_params()
     opt = case.make(params)

@@ -198,8 +198,13 @@ class Explore(Optimizer):
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
         index = {id(p): i for i, p in enumerate(self._params())}
-        for p, entries in self.state.items():
-            per_param = state_dict["state"].setdefault(index[id(p)], {})
+        for key, entries in self.state.items():
+            if not (torch.is_tensor(key) and id(key) in index):
+                # Not a parameter's (e.g. added by a state_dict pre-hook): kept as it is, as torch
+                # does; load_state_dict hands such keys to the base optimizer.
+                state_dict["state"][key] = entries
+                continue
+            per_param = state_dict["state"].setdefault(index[id(key)], {})
             per_param.update({_PREFIX + k: v for k, v in entries.items()})
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
@@ -215,7 +220,11 @@ class Explore(Optimizer):
                 state_dict = result
         base_state: dict[Any, dict[str, Any]] = {}
         own_state: dict[Any, dict[str, Any]] = {}
+        saved_params = {k for g in state_dict["param_groups"] for k in g["params"]}
         for key, entries in state_dict["state"].items():
+            if key not in saved_params:
+                base_state[key] = entries
+                continue
             base_state[key] = {k: v for k, v in entries.items() if not k.startswith(_PREFIX)}
             own = {k[len(_PREFIX) :]: v for k, v in entries.items() if k.startswith(_PREFIX)}
             if own:
