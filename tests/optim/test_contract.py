@@ -11,6 +11,10 @@ from conftest import clone_params, make_params, random_grads, set_grads
 from optim_cases import CASE_IDS, CASES, Case
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from valleys.optim import Explore
 
@@ -402,6 +406,24 @@ def test_state_dict_keeps_non_parameter_keys_a_hook_adds(case: Case) -> None:
     _run(other, other_params, range(2, 4))
     for p, q in zip(params, other_params, strict=True):
         assert torch.equal(p, q)
+
+
+def test_global_step_hooks_run_once_per_step(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    seen: list[str] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, args, kwargs: seen.append("global pre")),
+        register_optimizer_step_post_hook(lambda o, args, kwargs: seen.append("global post")),
+    ]
+    try:
+        _run(opt, params, range(2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == ["global pre", "pre", "post", "global post"] * 2
 
 
 def test_no_empty_state_entries(case: Case) -> None:

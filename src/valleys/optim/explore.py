@@ -12,14 +12,16 @@ kept as one buffer per parameter, the EMA :math:`e_k` of the raw gradients:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
+import contextlib
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim import optimizer as optimizer_module
 
 from ._base import as_real, resolve_foreach, zeros_state
 from ._fused import fused_explore
@@ -179,7 +181,8 @@ class Explore(Optimizer):
                 raw += grads
                 emas += group_emas
                 betas += [beta] * len(grads)
-            self.optimizer.step()
+            with _without_global_step_hooks():
+                self.optimizer.step()
         finally:
             for p, grad in swapped:
                 p.grad = grad
@@ -247,6 +250,36 @@ class Explore(Optimizer):
 
     def _params(self) -> list[Tensor]:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
+
+
+@contextlib.contextmanager
+def _without_global_step_hooks() -> Iterator[None]:
+    """A context in which torch's global optimizer step hooks do not run.
+
+    They ran for the Explore step around the base optimizer's, which is part of that one step:
+    a hook counting steps or timing them must see it once. The base optimizer's own step hooks
+    still run. torch looks the global hook tables up by name on every step, so empty ones are put
+    in their place; a hook registered meanwhile is kept, and removing one meanwhile still works
+    (its handle refers to the real table). Another thread stepping an optimizer at the same time
+    would miss the global hooks too.
+    """
+    names = ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")
+    tables: list[OrderedDict[int, Any] | None] = [
+        getattr(optimizer_module, name, None) for name in names
+    ]
+    if not any(tables) or None in tables:  # no global hooks (the usual case); an unknown torch
+        yield
+        return
+    stand_ins: list[OrderedDict[int, Any]] = [OrderedDict() for _ in names]
+    for name, stand_in in zip(names, stand_ins, strict=True):
+        setattr(optimizer_module, name, stand_in)
+    try:
+        yield
+    finally:
+        for name, table, stand_in in zip(names, tables, stand_ins, strict=True):
+            assert table is not None
+            setattr(optimizer_module, name, table)
+            table.update(stand_in)
 
 
 def _explore_into(
