@@ -161,3 +161,15 @@ def test_fused_large_tensor_kernel_equals_the_loop(
         fused.step()
     for p, q in zip(loop_params, fused_params, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_parameters_of_every_rank_share_one_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their flat aliases are plain tensors, not views whose base's rank Dynamo guards on."""
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    before = counters["stats"]["unique_graphs"]
+    for shape in [(5,), (2, 3), (2, 3, 2), (2, 2, 2, 2)]:
+        param = nn.Parameter(torch.randn(shape))
+        opt = EAdamW([param], fused=True)
+        param.grad = torch.randn_like(param)
+        opt.step()
+    assert counters["stats"]["unique_graphs"] - before == 1

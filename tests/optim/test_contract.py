@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 
 import pytest
 import torch
 from conftest import clone_params, make_params, random_grads, set_grads
 from optim_cases import CASE_IDS, CASES, Case
 from torch import Tensor
+from torch._dynamo.utils import counters
 from torch.optim import Optimizer
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
 
-from valleys.optim import Explore
+from valleys.optim import Explore, _fused
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 
@@ -389,6 +391,37 @@ def test_numeric_step_of_an_older_checkpoint_loads_and_continues(case: Case) -> 
     for p, q in zip(params, other_params, strict=True):
         assert torch.equal(p, q)
     _assert_same_state(opt, other)
+
+
+def test_fused_kernels_survive_more_input_variants_than_the_recompile_limit(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled kernels are shared process-wide; a stream of new ranks, sizes 0 and 1,
+    layouts, clipping on and off and float or tensor learning rates must never raise (here with a
+    recompile limit of 1, so that every variant past the first of a kernel meets it)."""
+    if not case.fuses:
+        pytest.skip("no fused path")
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    torch._dynamo.reset()
+    counters.clear()
+    shapes = [(4, 3), (1, 3), (3,), (1,), (), (2, 2, 2, 2), (0,)]
+    clips = [None, 1.0] if case.clips else [None]
+    gen = torch.Generator().manual_seed(0)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for shape, max_grad_norm, tensor_lr in itertools.product(shapes, clips, [False, True]):
+            extra = {"max_grad_norm": max_grad_norm} if case.clips else {}
+            lr = torch.tensor(case.lr, dtype=torch.float64) if tensor_lr else case.lr
+            fused_param = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+            loop_param = fused_param.detach().clone().requires_grad_()
+            fused = case.make([fused_param], lr=lr, fused=True, **extra)
+            loop = case.make([loop_param], lr=lr, foreach=False, **extra)
+            for _ in range(2):
+                grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+                fused_param.grad, loop_param.grad = grad.clone(), grad.clone()
+                fused.step()
+                loop.step()
+            torch.testing.assert_close(fused_param, loop_param, rtol=1e-12, atol=1e-14)
+    assert not counters["graph_break"], "a fused kernel no longer traces as one graph"
 
 
 def test_state_dict_keeps_non_parameter_keys_a_hook_adds(case: Case) -> None:
