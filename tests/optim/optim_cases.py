@@ -285,6 +285,17 @@ CASES: list[Case] = [
         fuses=True,
     ),
     Case(
+        # Plain SGD: no state at all.
+        "esgd_without_e_or_momentum",
+        ESGD,
+        dict(lr=0.05, alpha=0.0),
+        lambda: RefESGD(lr=0.05, momentum=0.0, alpha=0.0, beta=0.99),
+        lr=0.02,
+        explores=False,
+        state_keys=frozenset(),
+        fuses=True,
+    ),
+    Case(
         # torch SGD adds its L2 term after E (ESGD before), so the oracle drops weight decay.
         "explore_sgd",
         _explored(torch.optim.SGD),

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch.optim import Optimizer
 
-from valleys.optim import ALTO, _fused
+from valleys.optim import ALTO, EAdamW, _fused
 
 WARMUP = 2
 """Step 1 creates the state and step 2 runs with it: two traces of ``step()``, then none."""
@@ -154,3 +154,15 @@ def test_fused_large_tensor_kernel_equals_the_loop(
         fused.step()
     for p, q in zip(loop_params, fused_params, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_parameters_of_every_rank_share_one_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their flat aliases are plain tensors, not views whose base's rank Dynamo guards on."""
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    before = counters["stats"]["unique_graphs"]
+    for shape in [(5,), (2, 3), (2, 3, 2), (2, 2, 2, 2)]:
+        param = nn.Parameter(torch.randn(shape))
+        opt = EAdamW([param], fused=True)
+        param.grad = torch.randn_like(param)
+        opt.step()
+    assert counters["stats"]["unique_graphs"] - before == 1

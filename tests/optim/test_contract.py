@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 
 import pytest
 import torch
 from conftest import clone_params, make_params, random_grads, set_grads
 from optim_cases import CASE_IDS, CASES, Case
 from torch import Tensor
+from torch._dynamo.utils import counters
 from torch.optim import Optimizer
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
-from valleys.optim import Explore
+from valleys.optim import Explore, _fused
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 
@@ -340,3 +346,121 @@ def test_add_param_group_gets_defaults_and_steps(case: Case) -> None:
     before = params[2].detach().clone()
     _run(opt, params, range(2))
     assert not torch.equal(params[2], before)
+
+
+def test_state_dict_is_the_same_after_a_load(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(2))
+    saved = opt.state_dict()
+    other = case.make(clone_params(params))
+    other.load_state_dict(copy.deepcopy(saved))
+    assert other.state_dict()["param_groups"] == saved["param_groups"]
+    if "adafactor" in case.id:
+        return  # torch's Adafactor gains a "differentiable" default in its own __setstate__
+    # A group added after a load (or to a copy) gets the same keys as the loaded ones.
+    twin = copy.deepcopy(other)
+    twin.add_param_group({"params": [torch.zeros(2, dtype=torch.float64, requires_grad=True)]})
+    assert twin.param_groups[-1].keys() == twin.param_groups[0].keys()
+
+
+def test_one_element_lr_tensor_of_any_shape_steps_like_a_float(case: Case) -> None:
+    params = make_params()
+    tensor_params = clone_params(params)
+    opt = case.make(params, lr=case.lr)
+    tensor_opt = case.make(tensor_params, lr=torch.tensor([[case.lr]], dtype=torch.float64))
+    _run(opt, params, range(3))
+    _run(tensor_opt, tensor_params, range(3))
+    for p, q in zip(params, tensor_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+
+
+def test_numeric_step_of_an_older_checkpoint_loads_and_continues(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(3))
+    saved = copy.deepcopy(opt.state_dict())
+    for entries in saved["state"].values():
+        if torch.is_tensor(entries.get("step")):
+            entries["step"] = entries["step"].item()
+    other_params = clone_params(params)
+    other = case.make(other_params)
+    other.load_state_dict(saved)
+    _run(opt, params, range(3, 6))
+    _run(other, other_params, range(3, 6))
+    for p, q in zip(params, other_params, strict=True):
+        assert torch.equal(p, q)
+    _assert_same_state(opt, other)
+
+
+def test_fused_kernels_survive_more_input_variants_than_the_recompile_limit(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled kernels are shared process-wide; a stream of new ranks, sizes 0 and 1,
+    layouts, clipping on and off and float or tensor learning rates must never raise (here with a
+    recompile limit of 1, so that every variant past the first of a kernel meets it)."""
+    if not case.fuses:
+        pytest.skip("no fused path")
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    torch._dynamo.reset()
+    counters.clear()
+    shapes = [(4, 3), (1, 3), (3,), (1,), (), (2, 2, 2, 2), (0,)]
+    clips = [None, 1.0] if case.clips else [None]
+    gen = torch.Generator().manual_seed(0)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for shape, max_grad_norm, tensor_lr in itertools.product(shapes, clips, [False, True]):
+            extra = {"max_grad_norm": max_grad_norm} if case.clips else {}
+            lr = torch.tensor(case.lr, dtype=torch.float64) if tensor_lr else case.lr
+            fused_param = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+            loop_param = fused_param.detach().clone().requires_grad_()
+            fused = case.make([fused_param], lr=lr, fused=True, **extra)
+            loop = case.make([loop_param], lr=lr, foreach=False, **extra)
+            for _ in range(2):
+                grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+                fused_param.grad, loop_param.grad = grad.clone(), grad.clone()
+                fused.step()
+                loop.step()
+            torch.testing.assert_close(fused_param, loop_param, rtol=1e-12, atol=1e-14)
+    assert not counters["graph_break"], "a fused kernel no longer traces as one graph"
+
+
+def test_state_dict_keeps_non_parameter_keys_a_hook_adds(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(2))
+    opt.register_state_dict_pre_hook(lambda o: o.state.__setitem__("note", 1))
+    saved = opt.state_dict()
+    assert saved["state"]["note"] == 1
+    other_params = clone_params(params)
+    other = case.make(other_params)
+    other.load_state_dict(copy.deepcopy(saved))
+    assert other.state_dict()["state"]["note"] == 1
+    _run(opt, params, range(2, 4))
+    _run(other, other_params, range(2, 4))
+    for p, q in zip(params, other_params, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_global_step_hooks_run_once_per_step(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    seen: list[str] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, args, kwargs: seen.append("global pre")),
+        register_optimizer_step_post_hook(lambda o, args, kwargs: seen.append("global post")),
+    ]
+    try:
+        _run(opt, params, range(2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == ["global pre", "pre", "post", "global post"] * 2
+
+
+def test_no_empty_state_entries(case: Case) -> None:
+    params = make_params()
+    opt = case.make(params)
+    _run(opt, params, range(2))
+    assert all(opt.state_dict()["state"].values())

@@ -117,10 +117,26 @@ class ValleyOptimizer(Optimizer):
                     self.state[p][name] = value.to(device=p.device, dtype=dtype, copy=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling and ``load_state_dict``: fill what older checkpoints lack.
+
+        torch's ``__setstate__`` adds ``defaults["differentiable"]`` (for its own optimizers' old
+        pickles); these optimizers have no such option, and the key would reach every group loaded
+        or added afterwards, so that ``state_dict()`` changed across a load. It is removed again.
+        A numeric ``step`` (older checkpoints) becomes the device counter the kernels expect.
+        """
+        # Unpickling passes the saved defaults (self has none yet); load_state_dict passes none.
+        saved_defaults = state.get("defaults")
+        own_keys = set(self.defaults if saved_defaults is None else saved_defaults)
         super().__setstate__(state)
+        for key in set(self.defaults) - own_keys:
+            del self.defaults[key]
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        for p, entries in self.state.items():
+            step = entries.get("step") if isinstance(entries, dict) else None
+            if torch.is_tensor(p) and step is not None and not torch.is_tensor(step):
+                entries["step"] = step_counter(p).fill_(float(step))
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -190,6 +206,17 @@ class ValleyOptimizer(Optimizer):
                 scale = F.clip_coefficient(total_norm, max_norm)
             self._update_group(group, scale)
         return loss
+
+
+def group_lr(group: dict[str, Any]) -> float | Tensor:
+    """The group's lr as the kernels take it: a one-element tensor as a 0-d view of it.
+
+    torch.optim accepts any one-element lr tensor; one of shape (1, 1) would otherwise broadcast
+    the update of a 1-D parameter to 2-D. A view, so that in-place changes to the user's tensor
+    (``fill_`` by an LR scheduler) still apply.
+    """
+    lr = group["lr"]
+    return lr.reshape(()) if isinstance(lr, Tensor) and lr.dim() else lr
 
 
 def resolve_foreach(foreach: bool | None, params: list[Tensor]) -> bool:

@@ -10,11 +10,13 @@ ALTO, against 28 for a fused AdamW.
 Compilation is kept out of the hot path:
 
 - tensors are passed flattened to 1-D and compiled with ``dynamic=True``, so every size shares one
-  graph (sizes 0 and 1 get their own);
+  graph (sizes 0 and 1 get their own), and as plain tensors rather than views, so that the rank
+  of the parameter they view does not make a graph of its own either;
 - ``lr`` and the bias corrections are 0-d tensor inputs, so LR schedulers and the step counter
   never recompile; the other hyperparameters are compile-time constants;
-- each static configuration gets its own compiled function (see :func:`_kernel`), so a model with
-  several parameter groups does not run into Dynamo's per-function recompile limit;
+- each static configuration (and whether clipping is on) gets its own compiled function (see
+  :func:`_kernel`), so a model with several parameter groups does not run into Dynamo's
+  per-function recompile limit; were it reached, the kernel runs uncompiled for the new inputs;
 - nothing is compiled at import time, only on the first step that needs a configuration.
 
 The bias corrections :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}` are computed for a
@@ -52,8 +54,8 @@ the cache between the two loops Inductor makes of a chunk."""
 def _kernel(
     factory: Callable[..., Callable[..., Any]], config: tuple[Any, ...], tensors: tuple[Any, ...]
 ) -> Callable[..., Any]:
-    """The compiled per-tensor kernel ``factory(*config)`` for tensors of one (device type, dtype),
-    created on first use and kept.
+    """The compiled per-tensor kernel ``factory(*config)`` for ``tensors`` (their device type and
+    dtype, and which optional inputs are None), created on first use and kept.
 
     The hyperparameters are closure constants, not arguments, and are compiled in as constants
     (see :func:`_constant_floats`). Dynamo caches compiled graphs on the *code object* and stops
@@ -62,6 +64,13 @@ def _kernel(
     size asserts are off: they cost more per call than the arguments' checks they repeat. When an
     enclosing ``torch.compile`` is tracing the optimizer step, the kernel is returned uncompiled:
     the outer compile fuses it.
+
+    Not ``fullgraph=True``: these kernels are shared by every optimizer in the process with the
+    same hyperparameters, so a long-lived one (a notebook, a study worker) may bring more input
+    variants (sizes 0 and 1, non-contiguous layouts of any rank) than Dynamo's recompile limit.
+    With ``fullgraph=True`` the next one raises; without, Dynamo does what ``torch.compile`` users
+    know: it logs the limit once and runs new variants eagerly (the same math), the compiled ones
+    staying compiled. That the kernels trace without graph breaks is tested.
     """
     if torch.compiler.is_compiling():
         return factory(*config)
@@ -72,7 +81,7 @@ def _kernel(
         name = f"{fn.__name__}_{len(_KERNELS)}"
         code = fn.__code__.replace(co_name=name)
         copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-        kernel = torch.compile(copy, dynamic=True, fullgraph=True, options={"size_asserts": False})
+        kernel = torch.compile(copy, dynamic=True, options={"size_asserts": False})
         _KERNELS[key] = kernel
     return kernel
 
@@ -91,11 +100,15 @@ def _constant_floats() -> AbstractContextManager[Any]:
 
 
 def _flat(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
-    """1-D views of one parameter's tensors (one graph for every shape) when all of them are
+    """1-D aliases of one parameter's tensors (one graph for every shape) when all of them are
     contiguous; otherwise the tensors as they are (e.g. a transposed parameter with a contiguous
-    gradient), so that their shapes still match."""
+    gradient), so that their shapes still match.
+
+    ``detach`` makes each alias a tensor of its own rather than a view: Dynamo guards on the
+    shape of a view input's base, so every rank of parameter would compile another graph.
+    """
     if all(t is None or t.is_contiguous() for t in tensors):
-        return tuple(None if t is None else t.view(-1) for t in tensors)
+        return tuple(None if t is None else t.view(-1).detach() for t in tensors)
     return tensors
 
 
@@ -311,7 +324,7 @@ def _fused_alto(
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction
         )
-        tensors = (device.type, dtype)
+        tensors = (device.type, dtype, grad_scale is None, bias_correction)
         kernel = _kernel(
             _alto_kernel,
             (beta1, beta2, beta3, alpha, eps, weight_decay, eps2, eps3, trust_ratio, maximize),
@@ -427,7 +440,7 @@ def _fused_eadam(
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction=True
         )
-        kernel = _kernel(_eadam_kernel, config, (device.type, dtype))
+        kernel = _kernel(_eadam_kernel, config, (device.type, dtype, grad_scale is None))
         with _constant_floats():
             for j, i in enumerate(idx):
                 kernel(
@@ -506,7 +519,7 @@ def _fused_esgd(
     config = (momentum, dampening, nesterov, alpha, beta, weight_decay, maximize)
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t = _scalar_tensor(lr, _opmath(dtype), device)
-        tensors = (device.type, dtype)
+        tensors = (device.type, dtype, grad_scale is None)
         kernels = {
             first: _kernel(_esgd_kernel, (*config, first), tensors) for first in (False, True)
         }

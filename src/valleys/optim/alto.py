@@ -16,6 +16,7 @@ from . import _functional as F
 from ._base import (
     Params,
     ValleyOptimizer,
+    group_lr,
     resolve_paths,
 )
 from ._sharding import sharded_norms
@@ -86,7 +87,7 @@ class _LayerwiseAdaptive(ValleyOptimizer):
             t.exp_avg_sqs,
             t.emas,
             t.steps,
-            lr=group["lr"],
+            lr=group_lr(group),
             beta1=beta1,
             beta2=beta2,
             beta3=beta3,

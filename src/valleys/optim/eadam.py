@@ -11,6 +11,7 @@ from . import _functional as F
 from ._base import (
     Params,
     ValleyOptimizer,
+    group_lr,
     resolve_paths,
 )
 from ._validation import check_alpha, check_betas, check_non_negative
@@ -95,7 +96,7 @@ class EAdam(ValleyOptimizer):
             t.exp_avg_sqs,
             t.emas,
             t.steps,
-            lr=group["lr"],
+            lr=group_lr(group),
             beta1=beta1,
             beta2=beta2,
             beta3=beta3,

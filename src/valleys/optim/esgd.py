@@ -12,6 +12,7 @@ from ._base import (
     Params,
     ValleyOptimizer,
     as_real,
+    group_lr,
     resolve_paths,
     state_dtype_for,
     update_grad,
@@ -108,7 +109,8 @@ class ESGD(ValleyOptimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            state = self.state[p]
+            # Without E and momentum there is no state: like torch's SGD, no (empty) entry.
+            state = self.state[p] if alpha != 0 or momentum != 0 else {}
             dtype = state_dtype_for(group, p)
             if alpha != 0 and "grad_ema" not in state:
                 state["grad_ema"] = zeros_state(p, dtype)
@@ -129,7 +131,7 @@ class ESGD(ValleyOptimizer):
             grads,
             buffers,
             emas if alpha != 0 else None,
-            lr=group["lr"],
+            lr=group_lr(group),
             momentum=momentum,
             dampening=group["dampening"],
             nesterov=group["nesterov"],

@@ -12,14 +12,16 @@ kept as one buffer per parameter, the EMA :math:`e_k` of the raw gradients:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
+import contextlib
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim import optimizer as optimizer_module
 
 from ._base import as_real, resolve_foreach, zeros_state
 from ._e import advance_, advance_multi_, ghat_coefficient, grad_hat, grad_hat_multi
@@ -121,6 +123,12 @@ class Explore(Optimizer):
             "fused": self.fused,
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # torch's __setstate__ adds defaults["differentiable"], which is not an option of E;
+        # add_param_group would put it into every group added afterwards.
+        self.defaults.pop("differentiable", None)
+
     def __repr__(self) -> str:
         alpha, beta = self.defaults["explore_alpha"], self.defaults["explore_beta"]
         return f"Explore(alpha={alpha}, beta={beta}, {self.optimizer!r})"
@@ -173,7 +181,8 @@ class Explore(Optimizer):
                     swapped.append((p, p.grad))
                     p.grad = ghat
                 advances.append((emas, grads, beta, foreach))
-            self.optimizer.step()
+            with _without_global_step_hooks():
+                self.optimizer.step()
         finally:
             for p, grad in swapped:
                 p.grad = grad
@@ -197,8 +206,13 @@ class Explore(Optimizer):
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
         index = {id(p): i for i, p in enumerate(self._params())}
-        for p, entries in self.state.items():
-            per_param = state_dict["state"].setdefault(index[id(p)], {})
+        for key, entries in self.state.items():
+            if not (torch.is_tensor(key) and id(key) in index):
+                # Not a parameter's (e.g. added by a state_dict pre-hook): kept as it is, as torch
+                # does; load_state_dict hands such keys to the base optimizer.
+                state_dict["state"][key] = entries
+                continue
+            per_param = state_dict["state"].setdefault(index[id(key)], {})
             per_param.update({_PREFIX + k: v for k, v in entries.items()})
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
@@ -214,7 +228,11 @@ class Explore(Optimizer):
                 state_dict = result
         base_state: dict[Any, dict[str, Any]] = {}
         own_state: dict[Any, dict[str, Any]] = {}
+        saved_params = {k for g in state_dict["param_groups"] for k in g["params"]}
         for key, entries in state_dict["state"].items():
+            if key not in saved_params:
+                base_state[key] = entries
+                continue
             base_state[key] = {k: v for k, v in entries.items() if not k.startswith(_PREFIX)}
             own = {k[len(_PREFIX) :]: v for k, v in entries.items() if k.startswith(_PREFIX)}
             if own:
@@ -237,3 +255,33 @@ class Explore(Optimizer):
 
     def _params(self) -> list[Tensor]:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
+
+
+@contextlib.contextmanager
+def _without_global_step_hooks() -> Iterator[None]:
+    """A context in which torch's global optimizer step hooks do not run.
+
+    They ran for the Explore step around the base optimizer's, which is part of that one step:
+    a hook counting steps or timing them must see it once. The base optimizer's own step hooks
+    still run. torch looks the global hook tables up by name on every step, so empty ones are put
+    in their place; a hook registered meanwhile is kept, and removing one meanwhile still works
+    (its handle refers to the real table). Another thread stepping an optimizer at the same time
+    would miss the global hooks too.
+    """
+    names = ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")
+    tables: list[OrderedDict[int, Any] | None] = [
+        getattr(optimizer_module, name, None) for name in names
+    ]
+    if not any(tables) or None in tables:  # no global hooks (the usual case); an unknown torch
+        yield
+        return
+    stand_ins: list[OrderedDict[int, Any]] = [OrderedDict() for _ in names]
+    for name, stand_in in zip(names, stand_ins, strict=True):
+        setattr(optimizer_module, name, stand_in)
+    try:
+        yield
+    finally:
+        for name, table, stand_in in zip(names, tables, stand_ins, strict=True):
+            assert table is not None
+            setattr(optimizer_module, name, table)
+            table.update(stand_in)
