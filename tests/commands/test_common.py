@@ -14,6 +14,7 @@ from valleys.commands._common import (
     fail,
     finite_float,
     key_value,
+    name_list,
     non_negative_float,
     optimizer_list,
     positive_float,
@@ -32,6 +33,15 @@ def test_fail_prints_one_error_line(capsys: pytest.CaptureFixture) -> None:
     assert captured.err == "valleys: error: bad lr\n" and captured.out == ""
 
 
+def test_fail_shows_an_os_error_by_its_file_and_reason(capsys: pytest.CaptureFixture) -> None:
+    fail(PermissionError(13, "Permission denied", "/runs/a/config.json"))
+    fail(OSError(28, "cannot write /runs/a/checkpoint.pt (No space left on device)"))
+    assert capsys.readouterr().err.splitlines() == [
+        "valleys: error: /runs/a/config.json: Permission denied",
+        "valleys: error: cannot write /runs/a/checkpoint.pt (No space left on device)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("parse", "text", "message"),
     [
@@ -47,6 +57,7 @@ def test_fail_prints_one_error_line(capsys: pytest.CaptureFixture) -> None:
         (optimizer_list, ",", "expected comma-separated optimizer names"),
         (optimizer_list, "alto,adamx", "valid names"),
         (key_value, "=3", "expected KEY=VALUE"),
+        (name_list, " , ", "expected comma-separated names, got ' , '"),
     ],
 )
 def test_argument_types_refuse_with_a_message(parse, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -58,6 +69,7 @@ def test_argument_types_accept() -> None:
     assert positive_int("3") == 3 and positive_float("1e-3") == 1e-3
     assert non_negative_float("0") == 0.0 and finite_float("-2") == -2.0
     assert comma_list(" f1, ,f2 ") == ["f1", "f2"] and comma_list("") == []
+    assert name_list("f1,") == ["f1"]
     assert seed_list("0, 1") == (0, 1)
     assert optimizer_list("alto, lamb") == ("alto", "lamb")
     assert key_value(" betas =(0.9,0.99)") == ("betas", (0.9, 0.99))

@@ -10,6 +10,7 @@ distributed runs, ``state_dtype``) find those configurations in its fields too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ from optim_reference import E, RefALTO, RefEAdam, RefESGD
 from torch import Tensor
 from torch.optim import Optimizer
 
-from valleys.optim import ALTO, ESGD, EAdam, EAdamW, Explore, Lamb
+from valleys.optim import ALTO, ESGD, EAdam, EAdamW, Explore, Lamb, create_optimizer
 
 
 class Reference(Protocol):
@@ -120,6 +121,11 @@ class Case:
         return self.id
 
 
+def _preset(name: str) -> Callable[..., Optimizer]:
+    """The registry's preset ``name``, built by ``create_optimizer`` from parameters or groups."""
+    return functools.partial(create_optimizer, name)
+
+
 def _explored(base: type[Optimizer], **base_config: Any) -> Callable[..., Optimizer]:
     """Explore around ``base`` configured with ``base_config`` (e.g. torch's ``fused=True``).
 
@@ -148,6 +154,18 @@ CONVERGENCE_FUNCTIONS = ("rosenbrock", "beale", "quadratic")
 """The classic test functions of ``test_convergence.py``, which ``Convergence.lrs`` names."""
 
 ALTO_CONFIG = dict(lr=0.02, betas=(0.99, 0.9, 0.99), alpha=-5.0, weight_decay=0.01)
+LAMB_CODE = dict(eps=1e-6, eps2=0.0, eps3=0.0, trust_ratio="decayed", max_grad_norm=1.0)
+"""The oracle's settings for LAMB's reference code (PAPER.md, "What 'Lamb' means"): clip to 1,
+eps 1e-6, trust ratio |p|/|r| (1 where a norm is 0) only where the weight decay is not 0."""
+PAPER_WALK: dict[str, dict[str, Any]] = {
+    "lamb_paper": dict(betas=(0.0, 0.9, 0.999), alpha=0.0, bias_correction=False, **LAMB_CODE),
+    "lamb_paper_bc": dict(betas=(0.0, 0.9, 0.999), alpha=0.0, **LAMB_CODE),
+    "lamb_paper_bc_v99": dict(betas=(0.0, 0.9, 0.99), alpha=0.0, **LAMB_CODE),
+    "alto_reference": dict(betas=(0.99, 0.9, 0.99), alpha=-5.0, **LAMB_CODE),
+}
+"""RefALTO's settings for each preset of the registry's walk from the paper's Lamb to its reference
+ALTO, every number written out from PAPER.md (not read from ``valleys.optim.alto.PAPER_PRESETS``);
+the learning rate and weight decay are the test's."""
 ADAMW_CONFIG = dict(lr=0.01, weight_decay=0.01)
 LARGE_BATCH_E = dict(explore_alpha=-5.0, explore_beta=0.99)
 DISTRIBUTED_CONFIG = dict(lr=1e-2, max_grad_norm=0.05)
@@ -218,6 +236,52 @@ CASES: list[Case] = [
             {"rosenbrock": 0.1, "beale": 0.003, "quadratic": 0.003}, 1e-4, {"weight_decay": 0.0}
         ),
         distributed=(Variant("lamb", DISTRIBUTED_CONFIG),),
+    ),
+    # The walk from the paper's Lamb to its reference ALTO, by registry name.
+    Case(
+        "lamb_paper",
+        _preset("lamb_paper"),
+        dict(lr=0.02, weight_decay=0.01),
+        lambda: RefALTO(lr=0.02, weight_decay=0.01, **PAPER_WALK["lamb_paper"]),
+        lr=0.02,
+        explores=False,
+        state_keys=ADAM_STATE,
+        fuses=True,
+        state_dtype={"lr": 0.01},
+    ),
+    Case(
+        # Plain parameters without weight decay: no trust ratio at all, Adam at the raw lr.
+        "lamb_paper_bc_no_decay",
+        _preset("lamb_paper_bc"),
+        dict(lr=0.005, weight_decay=0.0),
+        lambda: RefALTO(lr=0.005, weight_decay=0.0, **PAPER_WALK["lamb_paper_bc"]),
+        lr=0.02,
+        explores=False,
+        state_keys=ADAM_STATE,
+        fuses=True,
+    ),
+    Case(
+        "lamb_paper_bc_v99",
+        _preset("lamb_paper_bc_v99"),
+        dict(lr=0.02, weight_decay=0.01),
+        lambda: RefALTO(lr=0.02, weight_decay=0.01, **PAPER_WALK["lamb_paper_bc_v99"]),
+        lr=0.02,
+        explores=False,
+        state_keys=ADAM_STATE,
+        fuses=True,
+    ),
+    Case(
+        "alto_reference",
+        _preset("alto_reference"),
+        dict(lr=0.02, weight_decay=0.01),
+        lambda: RefALTO(lr=0.02, weight_decay=0.01, **PAPER_WALK["alto_reference"]),
+        lr=0.02,
+        explores=True,
+        state_keys=ALTO_STATE,
+        fuses=True,
+        state_dtype={"lr": 0.01},
+        compiled=(Variant("alto_reference_fused", {"fused": True}),),
+        distributed=(Variant("alto_reference_groups", DISTRIBUTED_CONFIG, grouped_decay=1e-2),),
     ),
     Case(
         "eadam",

@@ -40,19 +40,32 @@ def clip_factor(grads: list[Tensor], max_norm: float | None) -> float:
     return min(1.0, max_norm / (total + 1e-6))
 
 
+def trust_ratio(p: Tensor, r: Tensor, eps2: float, eps3: float) -> float:
+    """The paper's phi(|p|) / (|r| + eps2 phi(|p|)), phi(x) = x + eps3; with eps2 = eps3 = 0,
+    LAMB's |p| / |r|, and 1 where either norm is 0."""
+    p_norm, r_norm = float(p.norm()), float(r.norm())
+    if eps2 == 0 and eps3 == 0:
+        return p_norm / r_norm if p_norm > 0 and r_norm > 0 else 1.0
+    phi = p_norm + eps3
+    return phi / (r_norm + eps2 * phi)
+
+
 @dataclass
 class RefALTO:
-    """Algorithm 2 (bias_correction=True) / Algorithm 1 (False); alpha=0 is Lamb."""
+    """Algorithm 2 (bias_correction=True) / Algorithm 1 (False); alpha=0 is Lamb.
+
+    ``weight_decay`` may be one value per tensor (parameter groups); ``trust_ratio="decayed"``
+    scales only the tensors whose weight decay is not 0 (LAMB's reference code)."""
 
     lr: float
     betas: tuple[float, float, float]
     alpha: float
     eps: float = 1e-6
-    weight_decay: float = 1e-4
+    weight_decay: float | tuple[float, ...] = 1e-4
     eps2: float = 1e-6
     eps3: float = 1e-10
     bias_correction: bool = True
-    trust_ratio: bool = True
+    trust_ratio: bool | str = True
     max_grad_norm: float | None = 1.0
     k: int = 0
     m: dict[int, Tensor] = field(default_factory=dict)
@@ -72,10 +85,12 @@ class RefALTO:
             self.m[i], self.v[i] = m, v
             if self.bias_correction:
                 m, v = m / (1 - b2**self.k), v / (1 - b3**self.k)
-            r = m / (v.sqrt() + self.eps) + self.weight_decay * p
-            if self.trust_ratio:
-                phi = float(p.norm()) + self.eps3
-                r = r * (phi / (float(r.norm()) + self.eps2 * phi))
+            decay = self.weight_decay
+            if isinstance(decay, tuple):
+                decay = decay[i]
+            r = m / (v.sqrt() + self.eps) + decay * p
+            if self.trust_ratio is True or (self.trust_ratio == "decayed" and decay != 0):
+                r = r * trust_ratio(p, r, self.eps2, self.eps3)
             p.sub_(self.lr * r)
 
 

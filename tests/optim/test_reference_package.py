@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.optim import ALTO, Explore, param_groups
+from valleys.optim import ALTO, Explore, create_optimizer, param_groups
 
 reference_alto = pytest.importorskip("ALTO", reason="e-optimizer-adaptor is a test dependency")
 reference_e = pytest.importorskip("E")
@@ -99,3 +99,70 @@ def test_alto_paper_trust_ratio_differs_from_reference_only_slightly() -> None:
     _train(ours, ALTO(param_groups(ours, 1e-4), lr=0.01))
     _train(theirs, reference_alto.create_ALTO_optimizer(theirs, lr=0.01))
     assert TOLERANCE < _max_relative_error(ours, theirs) < 1e-4
+
+
+def _mlp() -> nn.Module:
+    """:func:`_model` without the BatchNorm, for one group holding every tensor: there, the
+    gradient of a bias before a BatchNorm is rounding noise, and the trust ratio of about 1/λ
+    amplifies its rounding differences (one-buffer vs two-buffer E) beyond any tolerance."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def _zeroed(model: nn.Module, which: str) -> nn.Module:
+    """``model`` with its last layer's ``weight`` or ``bias`` at zero."""
+    with torch.no_grad():
+        getattr(model[-1], which).zero_()
+    return model
+
+
+def _their_alto(model: nn.Module, setup: str) -> torch.optim.Optimizer:
+    """The reference ALTO as its factory builds it, or on plain parameters (``all_decayed``: one
+    group with weight decay 1e-4; ``no_decay``: weight decay 0, so no trust ratio anywhere)."""
+    if setup == "factory":
+        return reference_alto.create_ALTO_optimizer(model, lr=0.01)
+    if setup == "all_decayed":
+        return reference_alto.create_ALTO_optimizer(model, lr=0.01, exclude_layers=[])
+    return reference_alto.ALTO(
+        model.parameters(), lr=0.01, betas=(0.99, 0.9, 0.99), alp=-5, eps=1e-6, weight_decay=0
+    )
+
+
+@pytest.mark.parametrize("path", ["loop", "foreach", "fused"])
+@pytest.mark.parametrize(
+    ("setup", "zero"),
+    [("factory", "weight"), ("all_decayed", "bias"), ("no_decay", "bias")],
+    ids=["factory_zero_weight", "all_decayed_zero_biases", "no_decay"],
+)
+def test_alto_reference_preset_equals_reference_alto(setup: str, zero: str, path: str) -> None:
+    """``create_optimizer("alto_reference", ...)`` is the reference's ALTO, including a zero
+    tensor in a decayed group (its first trust ratio is 1) and plain parameters without decay."""
+    build = _model if setup == "factory" else _mlp
+    ours, theirs = _zeroed(build(), zero), _zeroed(build(), zero)
+    params = ours if setup == "factory" else list(ours.parameters())
+    our_opt = create_optimizer(
+        "alto_reference",
+        params,
+        lr=0.01,
+        weight_decay=0.0 if setup == "no_decay" else 1e-4,
+        foreach=path == "foreach",
+        fused=path == "fused",
+    )
+    _train(ours, our_opt)
+    _train(theirs, _their_alto(theirs, setup))
+    assert _max_relative_error(ours, theirs) < TOLERANCE
+
+
+@pytest.mark.parametrize(("name", "beta3"), [("lamb_paper_bc", 0.999), ("lamb_paper_bc_v99", 0.99)])
+def test_bias_corrected_lamb_presets_are_the_reference_alto_without_e(
+    name: str, beta3: float
+) -> None:
+    """The reference ALTO with α = 0 is LAMB's reference code with bias correction: the walk's
+    middle steps (``lamb_paper`` itself has no counterpart there: it lacks bias correction)."""
+    ours, theirs = _zeroed(_model(), "weight"), _zeroed(_model(), "weight")
+    _train(ours, create_optimizer(name, ours, lr=0.01))
+    _train(
+        theirs,
+        reference_alto.create_ALTO_optimizer(theirs, lr=0.01, betas=(0.0, 0.9, beta3), alpha=0.0),
+    )
+    assert _max_relative_error(ours, theirs) < TOLERANCE

@@ -20,6 +20,7 @@ BAD_INPUT = [
     (ALTO, {"alpha": -100.0}, r"\|alpha\| < 1/\(1 - beta1\) = 100 with beta1=0\.99"),
     (ALTO, {"alpha": 11.0, "betas": (0.9, 0.9, 0.99)}, r"= 10 with beta1=0\.9"),
     (ALTO, {"max_grad_norm": 0.0}, r"Invalid max_grad_norm: 0\.0; expected a number > 0, or None"),
+    (Lamb, {"trust_ratio": "always"}, r"Invalid trust_ratio: 'always'; expected True, False or "),
     (Lamb, {"betas": (0.9, 0.99, 0.999)}, r"expected a tuple of 2 floats \(beta2, beta3\)"),
     (EAdam, {"betas": (0.99, 0.9, 1.5)}, r"Invalid betas\[2\] \(beta3\)"),
     (EAdamW, {"alpha": float("inf")}, r"Invalid alpha: inf; expected a finite number"),

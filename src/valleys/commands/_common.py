@@ -2,8 +2,10 @@
 
 Argument types raise :class:`argparse.ArgumentTypeError`, so a bad value is a usage error that
 argparse reports (``--lr: expected a finite number > 0, got nan``) and exits with
-:data:`EXIT_USAGE`; errors found later by the library are printed by :func:`fail` as one
-``valleys: error: ...`` line and the command exits with :data:`EXIT_ERROR`.
+:data:`EXIT_USAGE`; errors found later by the library, and errors of the environment (a folder
+that cannot be written, a full disk), are printed by :func:`fail` as one ``valleys: error: ...``
+line and the command exits with :data:`EXIT_ERROR`. :func:`warn` prints the library's warnings
+about damaged run files the same way, as one ``valleys: warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +29,16 @@ __all__ = [
     "float_check",
     "int_at_least",
     "key_value",
+    "name_list",
     "non_negative_float",
     "non_negative_int",
     "optimizer_list",
     "optimizer_name",
     "positive_float",
     "positive_int",
+    "run_command",
     "seed_list",
+    "warn",
 ]
 
 EXIT_ERROR = 1
@@ -43,9 +50,61 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(error: BaseException | str) -> int:
-    """Print ``valleys: error: ...`` on stderr; return :data:`EXIT_ERROR` for the command to exit."""
+    """Print ``valleys: error: ...`` on stderr; return :data:`EXIT_ERROR` for the command to exit.
+
+    An :class:`OSError` is shown as its reason and file, without the ``[Errno N]`` prefix.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        error = where + error.strerror
     print(f"valleys: error: {error}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def warn(message: Warning | str) -> None:
+    """Print ``valleys: warning: ...`` on stderr."""
+    print(f"valleys: warning: {message}", file=sys.stderr)
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """Run a command's ``command`` and return its exit status, with the errors a user can act on
+    (bad input, a folder that cannot be written, a damaged file) ended as one ``valleys: error``
+    line, warnings about damaged run files as ``valleys: warning`` lines, and SIGTERM treated as
+    Ctrl-C."""
+    from valleys.bench.data import DatasetMissing
+    from valleys.bench.run.checkpoint import CheckpointError, RunFileWarning
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, RunFileWarning):
+            warn(message)
+        else:
+            default(message, category, *rest, **kw)
+
+    # A kill (SIGTERM) stops a run the way Ctrl-C does: results and checkpoints are recorded and
+    # worker processes are stopped instead of being left behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            warnings.simplefilter("always", RunFileWarning)
+            return command()
+    except KeyboardInterrupt:
+        print(
+            "valleys: interrupted; finished results and the last checkpoint are kept",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    # OSError: the environment (a folder that cannot be written, a full disk), named by its file.
+    except (ValueError, OSError, CheckpointError, DatasetMissing) as exc:
+        return fail(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -92,6 +151,14 @@ finite_float = float_check(lambda v: True, "a finite number")
 def comma_list(text: str) -> list[str]:
     """The non-empty, stripped items of a comma-separated value (possibly none)."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names, at least one."""
+    items = comma_list(text)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
 
 
 def seed_list(text: str) -> tuple[int, ...]:

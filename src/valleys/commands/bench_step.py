@@ -1,16 +1,19 @@
 """``valleys bench-step`` (also ``benchmarks/step.py``): the optimizer step benchmark.
 
 The benchmark is :mod:`valleys.bench.perf.step`; this module holds its command line, which
-``valleys`` hands everything after ``bench-step`` to, and prints its table.
+``valleys`` hands everything after ``bench-step`` to, and prints its table. Its errors end as the
+other commands' do (:func:`~valleys.commands._common.run_command`), from ``valleys`` and from
+``benchmarks/step.py`` alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from valleys.commands._common import non_negative_int, positive_float, positive_int, run_command
 
 __all__ = ["add_bench_step_parser", "build_parser", "main"]
 
@@ -34,9 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="valleys bench-step", description=(step.__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--layout", choices=sorted(step.LAYOUTS), default="25m")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the layout's tensors")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    parser.add_argument(
+        "--scale", type=positive_float, default=1.0, help="fraction of the layout's tensors"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed steps per variant")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed steps per variant first"
+    )
     parser.add_argument(
         "--variants",
         help="comma-separated names (default: all): " + ", ".join(v.name for v in step.VARIANTS),
@@ -60,8 +67,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
     unknown = set(names or ()) - {v.name for v in VARIANTS}
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
-    if not math.isfinite(args.scale) or args.scale <= 0:
-        parser.error("--scale must be a positive number")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -75,15 +80,22 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark ``argv`` describes; write its JSON report and print its table."""
-    import torch
-
-    from valleys.bench.perf.step import markdown_table, run, write_report
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.scale, args.repeats, args.warmup = min(args.scale, 0.02), 3, 1
     names = _check(parser, args)
+    return run_command(lambda: _benchmark(args, names))
+
+
+def _benchmark(args: argparse.Namespace, names: list[str] | None) -> int:
+    import torch
+
+    from valleys.bench.perf.step import markdown_table, run, write_report
+    from valleys.bench.run.checkpoint import writable_file
+
+    # Checked before the benchmark, which takes minutes, so that its report is not lost.
+    writable_file(args.out)
     report = run(
         args.layout,
         args.scale,

@@ -49,12 +49,15 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--optimizers", type=optimizer_list, help="comma-separated (default: alto,lamb,adamw,sgd)"
     )
     parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: 0)")
-    parser.add_argument("--lrs", type=_lr_list, help="one lr grid for every optimizer")
+    parser.add_argument(
+        "--lrs", type=_lr_list, help="one lr grid for every optimizer without its own --lr-grid"
+    )
     parser.add_argument(
         "--lr-grid",
         action="append",
         metavar="NAME=LR,LR,...",
-        help="lr grid of one optimizer; repeatable (all grids must have the same size)",
+        help="lr grid of one compared optimizer, in place of --lrs or its default grid; "
+        "repeatable (all grids must have the same size)",
     )
     parser.add_argument(
         "--jobs",
@@ -81,7 +84,8 @@ def _new_comparison(args: argparse.Namespace, given: dict[str, Any]) -> tuple[Co
     optimizers = args.optimizers or defaults.optimizers
     grids = parse_lr_grids(args.lr_grid or [])
     if args.lrs is not None:
-        grids = {name: grids.get(name, args.lrs) for name in optimizers}
+        # Grids of optimizers not compared stay, so that the configuration refuses them.
+        grids = {**dict.fromkeys(optimizers, args.lrs), **grids}
     config = CompareConfig(
         base=apply_options(defaults.base, given),
         optimizers=optimizers,

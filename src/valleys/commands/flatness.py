@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from valleys.commands._common import int_at_least, positive_float, positive_int
+
 __all__ = ["add_flatness_parser", "flatness_command", "print_flatness"]
 
 
@@ -31,13 +33,16 @@ def add_flatness_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories of valleys train")
     parser.add_argument(
-        "--examples", type=int, default=defaults.examples, help="training subset size"
+        "--examples", type=positive_int, default=defaults.examples, help="training subset size"
     )
-    parser.add_argument("--power-iters", type=int, default=defaults.power_iters)
-    parser.add_argument("--tol", type=float, default=defaults.tol, help="power iteration tolerance")
-    parser.add_argument("--trace-samples", type=int, default=defaults.trace_samples)
-    parser.add_argument("--profile-points", type=int, default=defaults.profile_points)
-    parser.add_argument("--lanczos-steps", type=int, default=defaults.lanczos_steps)
+    parser.add_argument("--power-iters", type=positive_int, default=defaults.power_iters)
+    parser.add_argument(
+        "--tol", type=positive_float, default=defaults.tol, help="power iteration tolerance"
+    )
+    # Hutchinson's standard error needs two samples.
+    parser.add_argument("--trace-samples", type=int_at_least(2), default=defaults.trace_samples)
+    parser.add_argument("--profile-points", type=positive_int, default=defaults.profile_points)
+    parser.add_argument("--lanczos-steps", type=positive_int, default=defaults.lanczos_steps)
     parser.add_argument("--plot", help="PNG of the loss profiles of all runs")
     parser.set_defaults(handler=flatness_command)
     return parser
@@ -49,7 +54,19 @@ def _cell(value: float | None, digits: int = 4) -> str:
 
 def flatness_command(args: argparse.Namespace) -> int:
     """Measure every run of ``args.runs``; print a table; plot the loss profiles if asked."""
-    from valleys.bench.analysis.flatness_runs import FlatnessSettings, measure_run, plot_profiles
+    from valleys.bench.analysis.flatness_runs import (
+        FlatnessSettings,
+        check_run,
+        measure_run,
+        plot_profiles,
+    )
+    from valleys.bench.run.checkpoint import writable_file
+
+    # Every run and the plot's folder are checked first: measuring takes minutes, writing a moment.
+    for run in args.runs:
+        check_run(run)
+    if args.plot:
+        writable_file(args.plot)
 
     settings = FlatnessSettings(
         examples=args.examples,

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from valleys.commands._common import comma_list, positive_float, positive_int
+from valleys.commands._common import name_list, positive_float, positive_int
 
 __all__ = ["add_landscape_parser", "landscape_command"]
 
@@ -34,13 +34,13 @@ def add_landscape_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--functions",
-        type=comma_list,
+        type=name_list,
         default=list(FUNCTIONS),
         help=f"comma-separated (default: {','.join(FUNCTIONS)})",
     )
     parser.add_argument(
         "--optimizers",
-        type=comma_list,
+        type=name_list,
         default=list(DEFAULT_OPTIMIZERS),
         help=f"comma-separated registry names (default: {','.join(DEFAULT_OPTIMIZERS)})",
     )
@@ -57,8 +57,11 @@ def add_landscape_parser(subparsers: Any) -> argparse.ArgumentParser:
 def landscape_command(args: argparse.Namespace) -> int:
     """Run the chosen optimizers on the chosen functions; print the table; write the report."""
     from valleys.bench.analysis.landscape_runs import markdown_table, run_landscapes, write_report
+    from valleys.bench.run.checkpoint import writable_dir
 
     out = Path(args.out) if args.out else Path("runs") / f"landscape-{datetime.now():%Y%m%d-%H%M%S}"
+    # Checked before the runs, so that a folder that cannot be written fails at once.
+    writable_dir(out)
     result = run_landscapes(
         args.functions,
         args.optimizers,

@@ -1,18 +1,17 @@
 """The ``valleys`` command: its top-level parser, built from one module per command, and dispatch.
 
 Each command module adds its sub-parser and does its own printing; here a command's handler runs
-with a SIGTERM treated as Ctrl-C, and the errors a user can act on end as one ``valleys: error``
-line instead of a traceback.
+under :func:`~valleys.commands._common.run_command`: a SIGTERM is treated as Ctrl-C, and the
+errors a user can act on end as one ``valleys: error`` line instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 
-from valleys.commands._common import EXIT_INTERRUPTED, fail
+from valleys.commands._common import run_command
 from valleys.commands.bench_step import add_bench_step_parser
 from valleys.commands.compare import add_compare_parser
 from valleys.commands.flatness import add_flatness_parser
@@ -49,33 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valleys`` command; return its exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench-step"]:
-        # The benchmark keeps its own parser, shared with benchmarks/step.py.
+        # The benchmark keeps its own parser and error handling, shared with benchmarks/step.py.
         from valleys.commands.bench_step import main as bench_step
 
         return bench_step(arguments[1:])
     args = build_parser().parse_args(arguments)
-    from valleys.bench.data import DatasetMissing
-    from valleys.bench.run.checkpoint import CheckpointError
-
-    # A kill (SIGTERM) stops a run the way Ctrl-C does: results and checkpoints are recorded and
-    # worker processes are stopped instead of being left behind.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print(
-            "valleys: interrupted; finished results and the last checkpoint are kept",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetMissing) as exc:
-        return fail(exc)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    return run_command(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """``valleys study CONFIG``: a sweep or an equal-budget tuning study on Optuna.
 
 The study is :func:`valleys.bench.study.runner.run_study`; this module reads the command line,
-prints the study's progress line and writes its report once every planned trial is complete.
+prints the study's progress line and writes its report once every planned trial is complete. A study
+left unfinished (failed trials, or interrupted) ends with the exact command that resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,11 +63,15 @@ def study_command(args: argparse.Namespace) -> int:
             config = config.quick_version()
         out = Path(args.out) if args.out else default_out_dir(config)
         jobs = args.jobs or default_jobs()
-        progress = run_study(config, out, jobs=jobs, storage=args.storage, quiet=args.quiet)
+        again = _rerun_command(args, out, jobs)
+        try:
+            progress = run_study(config, out, jobs=jobs, storage=args.storage, quiet=args.quiet)
+        except KeyboardInterrupt:
+            print(f"resume with: {again}", file=sys.stderr)
+            raise
         print(f"study {config.name}: {progress.line()}")
         if progress.done < progress.total:
-            again = f"valleys study {args.config}" + (" --quick" if args.quick else "")
-            print(f"unfinished: run `{again}` again to retry and resume", file=sys.stderr)
+            print(f"unfinished: run `{again}` to retry and resume", file=sys.stderr)
             return EXIT_ERROR
         url = storage_url(config, out, args.storage)
         report = write_study_report(url, config.name, out, shown_url=redact_url(url))
@@ -73,3 +79,15 @@ def study_command(args: argparse.Namespace) -> int:
         return 0
     except (StudyError, ValueError) as exc:
         return fail(exc)
+
+
+def _rerun_command(args: argparse.Namespace, out: Path, jobs: int) -> str:
+    """The command that resumes this study: same config, folder, storage (password hidden),
+    workers and options, so that it neither starts a fresh study elsewhere nor reruns trials."""
+    from valleys.bench.study.storage import redact_url
+
+    words = ["valleys", "study", args.config, "--out", str(out), "--jobs", str(jobs)]
+    if args.storage:
+        words += ["--storage", redact_url(args.storage)]
+    words += [flag for flag, on in (("--quick", args.quick), ("--quiet", args.quiet)) if on]
+    return shlex.join(words)

@@ -6,6 +6,7 @@ from .eadam import EAdam, EAdamW
 from .esgd import ESGD
 from .explore import Explore
 from .groups import NORM_MODULES, param_groups
+from .hybrid import MuonAdamW, hidden_matrix_names, muon_param_groups
 from .registry import (
     LARGE_BATCH,
     OptimizerInfo,
@@ -24,6 +25,7 @@ __all__ = [
     "EAdamW",
     "Explore",
     "Lamb",
+    "MuonAdamW",
     "OptimizerInfo",
     "alto",
     "available_optimizers",
@@ -32,6 +34,8 @@ __all__ = [
     "esgd",
     "explore",
     "explore_defaults",
+    "hidden_matrix_names",
+    "muon_param_groups",
     "optimizer_info",
     "param_groups",
 ]

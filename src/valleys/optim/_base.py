@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from . import _functional as F
 from ._sharding import local, sharded_norms
+from ._telemetry import ETelemetry
 from ._validation import check_lr, check_max_grad_norm, check_non_negative, check_state_dtype
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -66,12 +67,14 @@ class MomentTensors:
     steps: list[Tensor] = field(default_factory=list)
 
 
-class ValleyOptimizer(Optimizer):
+class ValleyOptimizer(ETelemetry, Optimizer):
     """Base of the optimizers in this package.
 
     ``step`` evaluates the closure once (with grad enabled), refuses sparse gradients before touching
     anything, computes the global gradient-norm clip factor on the device, then hands each group to
-    ``_update_group``. Subclasses implement ``_validate_group`` and ``_update_group``.
+    ``_update_group``, with the list E's telemetry sums go to while telemetry is on
+    (:class:`~valleys.optim._telemetry.ETelemetry`). Subclasses implement ``_validate_group`` and
+    ``_update_group``.
     """
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
@@ -166,7 +169,9 @@ class ValleyOptimizer(Optimizer):
                 tensors.emas.append(as_real(state["grad_ema"]))
         return tensors
 
-    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+    def _update_group(
+        self, group: dict[str, Any], grad_scale: Tensor | None, e_sums: list[Tensor] | None
+    ) -> None:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -199,12 +204,13 @@ class ValleyOptimizer(Optimizer):
             else:
                 total_norm = F.global_grad_norm([as_real(g) for g in grads])
 
+        e_sums = self._telemetry_begin()
         for group in self.param_groups:
             max_norm = group["max_grad_norm"]
             scale = None
             if max_norm is not None and total_norm is not None:
                 scale = F.clip_coefficient(total_norm, max_norm)
-            self._update_group(group, scale)
+            self._update_group(group, scale, e_sums)
         return loss
 
 

@@ -18,13 +18,16 @@ The transform is two steps, :func:`grad_hat` (ĝ from g and e; e is only read) a
 :func:`advance_` (e's update), because :class:`~valleys.optim.Explore` may advance e only once its
 base optimizer's step has succeeded. The optimizers built on E take both at once
 (:func:`explore_single`, :func:`explore_multi`); the compiled kernels of ``_fused.py`` trace the
-per-tensor functions. Nothing here reads a tensor's value on the host.
+per-tensor functions. With ``sums`` (a list; see ``_telemetry.py``) they also add up E's telemetry
+from the g and ĝ at hand. Nothing here reads a tensor's value on the host.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ._telemetry import perturbation_sums, perturbation_sums_multi, stacked_norms, sums_from_norms
 
 __all__ = [
     "advance_",
@@ -52,9 +55,14 @@ def advance_(ema: Tensor, grad: Tensor, beta: float) -> None:
     ema.lerp_(grad, 1 - beta)
 
 
-def explore_single(grad: Tensor, ema: Tensor, alpha: float, beta: float) -> Tensor:
-    r"""Return :math:`\hat g` as a new tensor and advance ``ema`` in place; ``grad`` is only read."""
+def explore_single(
+    grad: Tensor, ema: Tensor, alpha: float, beta: float, sums: list[Tensor] | None = None
+) -> Tensor:
+    r"""Return :math:`\hat g` as a new tensor and advance ``ema`` in place; ``grad`` is only read.
+    ``sums``: append the tensor's telemetry sums to it."""
     ghat = grad_hat(grad, ema, ghat_coefficient(alpha, beta))
+    if sums is not None:
+        sums.append(perturbation_sums(grad, ghat))
     advance_(ema, grad, beta)
     return ghat
 
@@ -78,7 +86,12 @@ def advance_multi_(emas: list[Tensor], grads: list[Tensor], beta: float) -> None
 
 
 def explore_multi(
-    grads: list[Tensor], emas: list[Tensor], alpha: float, beta: float, owned: bool = False
+    grads: list[Tensor],
+    emas: list[Tensor],
+    alpha: float,
+    beta: float,
+    owned: bool = False,
+    sums: list[Tensor] | None = None,
 ) -> list[Tensor]:
     r""":func:`explore_single` for lists of tensors: :math:`\hat g` for each gradient, advancing
     each EMA; one list of temporaries at most.
@@ -86,15 +99,23 @@ def explore_multi(
     ``owned``: the gradients are this step's own temporaries (clipped or negated copies), and
     :math:`\hat g` is computed in them. The raw gradient is then gone once :math:`d = g - e_{k-1}`
     is formed, so :math:`\hat g = g + c\,d` is evaluated as the equal
-    :math:`e_k + (\beta + c)\,d` (since :math:`g = e_k + \beta d`).
+    :math:`e_k + (\beta + c)\,d` (since :math:`g = e_k + \beta d`). ``sums``: append the
+    lists' telemetry sums to it (there from the norms of :math:`g`, :math:`d` and :math:`\hat g`,
+    since :math:`\hat g - g = c\,d`).
     """
     c = ghat_coefficient(alpha, beta)
     if not owned:
         ghats = grad_hat_multi(grads, emas, c)
+        if sums is not None:
+            sums.append(perturbation_sums_multi(grads, ghats))
         advance_multi_(emas, grads, beta)
         return ghats
+    grad_norms = stacked_norms(grads) if sums is not None else None
     torch._foreach_sub_(grads, emas)
+    diff_norms = stacked_norms(grads) * abs(c) if sums is not None else None
     torch._foreach_add_(emas, grads, alpha=1 - beta)
     torch._foreach_mul_(grads, beta + c)
     torch._foreach_add_(grads, emas)
+    if sums is not None and grad_norms is not None and diff_norms is not None:
+        sums.append(sums_from_norms(grad_norms, stacked_norms(grads), diff_norms))
     return grads

@@ -110,12 +110,13 @@ def _single_tensor_alto(
     trust_ratio: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     for i, param in enumerate(params):
         grad = _scaled(grads[i], grad_scale, maximize)
         exp_avg, exp_avg_sq, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
         if grad_emas is not None:
-            grad = explore_single(grad, grad_emas[i], alpha, beta1)
+            grad = explore_single(grad, grad_emas[i], alpha, beta1, e_sums)
         step += 1
 
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
@@ -162,6 +163,7 @@ def _multi_tensor_alto(
     trust_ratio: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
     reduce_norms: NormReducer | None = None,
 ) -> None:
     for key, idx in _group_by_device_and_dtype(params).items():
@@ -171,7 +173,7 @@ def _multi_tensor_alto(
         s = [steps[i] for i in idx]
         g, owned = _scaled_multi([grads[i] for i in idx], grad_scale, maximize)
         if grad_emas is not None:
-            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
+            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned, e_sums)
         torch._foreach_add_(s, 1)
 
         _moments_multi_(m, v, g, beta2, beta3)
@@ -222,6 +224,7 @@ def alto(
     maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
+    e_sums: list[Tensor] | None = None,
     reduce_norms: NormReducer | None = None,
 ) -> None:
     r"""One ALTO step (Algorithm 2 of the paper) on a list of tensors, in place.
@@ -235,9 +238,14 @@ def alto(
             \qquad \phi(x) = x + \epsilon_3
 
     Without ``bias_correction`` (ALTO Vanilla, Algorithm 1) the divisions by :math:`1-\beta^k` are
-    dropped; without ``trust_ratio`` the last factor is 1. ``grad_scale`` multiplies the raw
+    dropped; without ``trust_ratio`` the last factor is 1 (the optimizers decide it per group, e.g.
+    only where :math:`\lambda \ne 0`). With :math:`\epsilon_2 = \epsilon_3 = 0` that factor is
+    :math:`\lVert\theta_k\rVert / \lVert r_k\rVert`, and 1 where either norm is 0 (LAMB's rule,
+    as the reference code runs it). ``grad_scale`` multiplies the raw
     gradients first (global-norm clipping); ``steps`` are per-tensor counters, advanced here.
     ``foreach`` and ``fused`` pick the multi-tensor or the compiled kernels (at most one of them).
+    ``e_sums``: a list to which E's telemetry sums are appended (``_telemetry.py``; as in
+    ``eadam`` and ``esgd``); None computes none.
 
     ``reduce_norms`` is for tensors that are local shards of larger ones (FSDP2): it maps the
     shards' sums of squares, shape ``(2, n)`` (θ's and r's of the ``n`` tensors at the given
@@ -271,6 +279,7 @@ def alto(
         trust_ratio=trust_ratio,
         grad_scale=grad_scale,
         maximize=maximize,
+        e_sums=e_sums,
     )
 
 
@@ -295,6 +304,7 @@ def _single_tensor_eadam(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     for i, param in enumerate(params):
         grad = _scaled(grads[i], grad_scale, maximize)
@@ -306,7 +316,7 @@ def _single_tensor_eadam(
             else:
                 grad = grad.add(param, alpha=weight_decay)
         if grad_emas is not None:
-            grad = explore_single(grad, grad_emas[i], alpha, beta1)
+            grad = explore_single(grad, grad_emas[i], alpha, beta1, e_sums)
 
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
 
@@ -334,6 +344,7 @@ def _multi_tensor_eadam(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     for key, idx in _group_by_device_and_dtype(params).items():
         p = [params[i] for i in idx]
@@ -348,7 +359,7 @@ def _multi_tensor_eadam(
             else:
                 g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
-            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned)
+            g = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta1, owned, e_sums)
 
         _moments_multi_(m, v, g, beta2, beta3)
         del g  # frees ĝ before the update's temporary is allocated
@@ -380,6 +391,7 @@ def eadam(
     maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     r"""One EAdam / EAdamW step (Algorithm 4 of the paper) on a list of tensors, in place.
 
@@ -411,6 +423,7 @@ def eadam(
         decoupled_weight_decay=decoupled_weight_decay,
         grad_scale=grad_scale,
         maximize=maximize,
+        e_sums=e_sums,
     )
 
 
@@ -432,13 +445,14 @@ def _single_tensor_esgd(
     weight_decay: float,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     for i, param in enumerate(params):
         grad = _scaled(grads[i], grad_scale, maximize)
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
         if grad_emas is not None:
-            grad = explore_single(grad, grad_emas[i], alpha, beta)
+            grad = explore_single(grad, grad_emas[i], alpha, beta, e_sums)
         if momentum != 0:
             buf = momentum_buffers[i]
             if buf is None:
@@ -465,6 +479,7 @@ def _multi_tensor_esgd(
     weight_decay: float,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     for _, idx in _group_by_device_and_dtype(params).items():
         p = [params[i] for i in idx]
@@ -472,7 +487,10 @@ def _multi_tensor_esgd(
         if weight_decay != 0:
             g, owned = _add_multi(g, owned, p, weight_decay)
         if grad_emas is not None:
-            g, owned = explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned), True
+            g, owned = (
+                explore_multi(g, [grad_emas[i] for i in idx], alpha, beta, owned, e_sums),
+                True,
+            )
         if momentum != 0:
             bufs: list[Tensor] = []
             for j, i in enumerate(idx):
@@ -504,6 +522,7 @@ def esgd(
     maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     r"""One ESGD step (Algorithm 3 of the paper, with torch SGD's options) in place.
 
@@ -531,6 +550,7 @@ def esgd(
         weight_decay=weight_decay,
         grad_scale=grad_scale,
         maximize=maximize,
+        e_sums=e_sums,
     )
 
 

@@ -22,6 +22,9 @@ Compilation is kept out of the hot path:
 The bias corrections :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}` are computed for a
 whole group at once outside the kernels: inside, Inductor would recompute the ``pow`` for every
 vector of elements.
+
+With E's telemetry on (``e_sums``, see ``_telemetry.py``), a kernel compiled for it also returns
+its tensor's three sums of squares, accumulated in the loop that already reads g and computes ĝ.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch import Tensor
 
 from ._e import explore_single, grad_hat
 from ._ops import Number, _group_by_device_and_dtype, _moments_, _opmath, _scaled, _trust_ratio
+from ._telemetry import perturbation_sums
 
 _KERNELS: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
@@ -181,12 +185,16 @@ def _alto_moments(
     beta3: float,
     alpha: float,
     maximize: bool,
-) -> None:
-    """Clip, E, and the two moments, in place."""
+    telemetry: bool,
+) -> Tensor | None:
+    """Clip, E, and the two moments, in place; E's telemetry sums when ``telemetry``."""
     grad = _scaled(grad, grad_scale, maximize)
-    if grad_ema is not None:
-        grad = explore_single(grad, grad_ema, alpha, beta1)
-    _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
+    if grad_ema is None:
+        _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
+        return None
+    ghat = explore_single(grad, grad_ema, alpha, beta1)
+    _moments_(exp_avg, exp_avg_sq, ghat, beta2, beta3)
+    return perturbation_sums(grad, ghat) if telemetry else None
 
 
 def _alto_kernel(
@@ -200,9 +208,11 @@ def _alto_kernel(
     eps3: float,
     trust_ratio: bool,
     maximize: bool,
-) -> Callable[..., None]:
+    telemetry: bool,
+) -> Callable[..., Tensor | None]:
     """One tensor's ALTO step for fixed hyperparameters: the math of ``_single_tensor_alto`` with
-    the bias corrections passed in as multipliers (None: no bias correction)."""
+    the bias corrections passed in as multipliers (None: no bias correction); returns E's
+    telemetry sums when ``telemetry``."""
 
     def alto_tensor(
         param: Tensor,
@@ -214,10 +224,10 @@ def _alto_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor | None,
         v_scale: Tensor | None,
-    ) -> None:
-        _alto_moments(
+    ) -> Tensor | None:
+        sums = _alto_moments(
             param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
-            maximize,
+            maximize, telemetry,
         )  # fmt: skip
         update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
         if trust_ratio:
@@ -229,6 +239,7 @@ def _alto_kernel(
                 eps3,
             )
         param.sub_(update * lr)
+        return sums
 
     return alto_tensor
 
@@ -241,9 +252,11 @@ def _alto_chunk_kernel(
     eps: float,
     weight_decay: float,
     maximize: bool,
-) -> Callable[..., tuple[Tensor, Tensor]]:
+    telemetry: bool,
+) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """For a chunk of a large tensor: clip, E and the moments in place; return the chunk's sums of
-    squares of the parameter and of the update (the trust ratio's norms, in pieces)."""
+    squares of the parameter and of the update (the trust ratio's norms, in pieces), and E's
+    telemetry sums when ``telemetry``."""
 
     def alto_chunk(
         param: Tensor,
@@ -254,14 +267,14 @@ def _alto_chunk_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor | None,
         v_scale: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        _alto_moments(
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        sums = _alto_moments(
             param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
-            maximize,
+            maximize, telemetry,
         )  # fmt: skip
         update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
         dtype = _opmath(param.dtype)
-        return param.to(dtype).square().sum(), update.to(dtype).square().sum()
+        return param.to(dtype).square().sum(), update.to(dtype).square().sum(), sums
 
     return alto_chunk
 
@@ -310,6 +323,7 @@ def _fused_alto(
     trust_ratio: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     r"""ALTO with one compiled kernel per tensor.
 
@@ -320,6 +334,7 @@ def _fused_alto(
     moments and partial norms chunk by chunk (each chunk's second read comes from the cache), then
     one loop that recomputes the update from the moments and moves the parameter.
     """
+    telemetry = e_sums is not None and grad_emas is not None
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction
@@ -327,9 +342,12 @@ def _fused_alto(
         tensors = (device.type, dtype, grad_scale is None, bias_correction)
         kernel = _kernel(
             _alto_kernel,
-            (beta1, beta2, beta3, alpha, eps, weight_decay, eps2, eps3, trust_ratio, maximize),
+            (
+                beta1, beta2, beta3, alpha, eps, weight_decay, eps2, eps3, trust_ratio, maximize,
+                telemetry,
+            ),
             tensors,
-        )
+        )  # fmt: skip
         with _constant_floats():
             for j, i in enumerate(idx):
                 views = _flat(
@@ -344,34 +362,39 @@ def _fused_alto(
                 if trust_ratio and large and not torch.compiler.is_compiling():
                     chunk = _kernel(
                         _alto_chunk_kernel,
-                        (beta1, beta2, beta3, alpha, eps, weight_decay, maximize),
+                        (beta1, beta2, beta3, alpha, eps, weight_decay, maximize, telemetry),
                         tensors,
                     )
                     apply = _kernel(_alto_apply_kernel, (eps, weight_decay, eps2, eps3), tensors)
-                    _alto_two_phase(chunk, apply, views, lr_t, grad_scale, scales)
+                    sums = _alto_two_phase(chunk, apply, views, lr_t, grad_scale, scales)
                 else:
-                    kernel(*views, lr_t, grad_scale, *scales)
+                    sums = kernel(*views, lr_t, grad_scale, *scales)
+                if e_sums is not None and sums is not None:
+                    e_sums.append(sums)
 
 
 def _alto_two_phase(
-    chunk: Callable[..., tuple[Tensor, Tensor]],
+    chunk: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
     apply: Callable[..., None],
     views: tuple[Tensor | None, ...],
     lr: Tensor,
     grad_scale: Tensor | None,
     scales: tuple[Tensor | None, Tensor | None],
-) -> None:
-    """ALTO on one large 1-D tensor: moments and partial norms by chunks, then the step."""
+) -> Tensor | None:
+    """ALTO on one large 1-D tensor: moments and partial norms by chunks, then the step; E's
+    telemetry sums of the whole tensor when the chunks return them."""
     p, g, m, v, e = views
     assert p is not None and g is not None and m is not None and v is not None
     chunks = [t.split(CHUNK) for t in (p, g, m, v)]
     e_chunks = e.split(CHUNK) if e is not None else [None] * len(chunks[0])
-    sums = [
-        torch.stack(chunk(pc, gc, mc, vc, ec, grad_scale, *scales))
+    results = [
+        chunk(pc, gc, mc, vc, ec, grad_scale, *scales)
         for pc, gc, mc, vc, ec in zip(*chunks, e_chunks, strict=True)
     ]
-    param_sq, update_sq = torch.stack(sums).sum(0)
+    param_sq, update_sq = torch.stack([torch.stack(r[:2]) for r in results]).sum(0)
     apply(p, m, v, lr, *scales, param_sq, update_sq)
+    e_sums = [r[2] for r in results if r[2] is not None]
+    return torch.stack(e_sums).sum(0) if e_sums else None
 
 
 # -------------------------------------------------------------------------------------------- EAdam
@@ -386,9 +409,11 @@ def _eadam_kernel(
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
-) -> Callable[..., None]:
+    telemetry: bool,
+) -> Callable[..., Tensor | None]:
     """One tensor's EAdam(W) step for fixed hyperparameters: the math of ``_single_tensor_eadam``
-    with the bias corrections passed in as multipliers."""
+    with the bias corrections passed in as multipliers; returns E's telemetry sums when
+    ``telemetry``."""
 
     def eadam_tensor(
         param: Tensor,
@@ -400,17 +425,17 @@ def _eadam_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor,
         v_scale: Tensor,
-    ) -> None:
+    ) -> Tensor | None:
         grad = _scaled(grad, grad_scale, maximize)
         if weight_decay != 0:
             if decoupled_weight_decay:
                 param.mul_(1 - lr * weight_decay)
             else:
                 grad = grad + weight_decay * param
-        if grad_ema is not None:
-            grad = explore_single(grad, grad_ema, alpha, beta1)
-        _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
+        ghat = explore_single(grad, grad_ema, alpha, beta1) if grad_ema is not None else grad
+        _moments_(exp_avg, exp_avg_sq, ghat, beta2, beta3)
         param.sub_(exp_avg * (m_scale * lr) / (exp_avg_sq.sqrt() * v_scale + eps))
+        return perturbation_sums(grad, ghat) if telemetry else None
 
     return eadam_tensor
 
@@ -433,9 +458,13 @@ def _fused_eadam(
     decoupled_weight_decay: bool,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     """EAdam(W) with one compiled kernel per tensor (one loop over its elements)."""
-    config = (beta1, beta2, beta3, alpha, eps, weight_decay, decoupled_weight_decay, maximize)
+    telemetry = e_sums is not None and grad_emas is not None
+    config = (
+        beta1, beta2, beta3, alpha, eps, weight_decay, decoupled_weight_decay, maximize, telemetry,
+    )  # fmt: skip
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction=True
@@ -443,7 +472,7 @@ def _fused_eadam(
         kernel = _kernel(_eadam_kernel, config, (device.type, dtype, grad_scale is None))
         with _constant_floats():
             for j, i in enumerate(idx):
-                kernel(
+                sums = kernel(
                     *_flat(
                         params[i],
                         grads[i],
@@ -456,6 +485,8 @@ def _fused_eadam(
                     m_scales[j],
                     v_scales[j],
                 )
+                if e_sums is not None and sums is not None:
+                    e_sums.append(sums)
 
 
 # --------------------------------------------------------------------------------------------- ESGD
@@ -469,10 +500,12 @@ def _esgd_kernel(
     beta: float,
     weight_decay: float,
     maximize: bool,
+    telemetry: bool,
     first: bool,
-) -> Callable[..., None]:
+) -> Callable[..., Tensor | None]:
     """One tensor's ESGD step for fixed hyperparameters: the math of ``_single_tensor_esgd``.
-    ``first``: the momentum buffer is new (uninitialised) and starts as the gradient."""
+    ``first``: the momentum buffer is new (uninitialised) and starts as the gradient. Returns E's
+    telemetry sums when ``telemetry``."""
 
     def esgd_tensor(
         param: Tensor,
@@ -481,19 +514,20 @@ def _esgd_kernel(
         grad_ema: Tensor | None,
         lr: Tensor,
         grad_scale: Tensor | None,
-    ) -> None:
+    ) -> Tensor | None:
         grad = _scaled(grad, grad_scale, maximize)
         if weight_decay != 0:
             grad = grad + weight_decay * param
-        if grad_ema is not None:
-            grad = explore_single(grad, grad_ema, alpha, beta)
+        update = explore_single(grad, grad_ema, alpha, beta) if grad_ema is not None else grad
+        sums = perturbation_sums(grad, update) if telemetry else None
         if momentum_buffer is not None:
             if first:
-                momentum_buffer.copy_(grad)
+                momentum_buffer.copy_(update)
             else:
-                momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad + momentum * momentum_buffer if nesterov else momentum_buffer
-        param.sub_(grad * lr)
+                momentum_buffer.mul_(momentum).add_(update, alpha=1 - dampening)
+            update = update + momentum * momentum_buffer if nesterov else momentum_buffer
+        param.sub_(update * lr)
+        return sums
 
     return esgd_tensor
 
@@ -513,10 +547,12 @@ def _fused_esgd(
     weight_decay: float,
     grad_scale: Tensor | None,
     maximize: bool,
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     """ESGD with one compiled kernel per tensor; new momentum buffers are created here (the
     caller stores them back into the state), their first step copies the gradient in."""
-    config = (momentum, dampening, nesterov, alpha, beta, weight_decay, maximize)
+    telemetry = e_sums is not None and grad_emas is not None
+    config = (momentum, dampening, nesterov, alpha, beta, weight_decay, maximize, telemetry)
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t = _scalar_tensor(lr, _opmath(dtype), device)
         tensors = (device.type, dtype, grad_scale is None)
@@ -528,7 +564,7 @@ def _fused_esgd(
                 first = momentum != 0 and momentum_buffers[i] is None
                 if first:
                     momentum_buffers[i] = torch.empty_like(grads[i])
-                kernels[first](
+                sums = kernels[first](
                     *_flat(
                         params[i],
                         grads[i],
@@ -538,27 +574,40 @@ def _fused_esgd(
                     lr_t,
                     grad_scale,
                 )
+                if e_sums is not None and sums is not None:
+                    e_sums.append(sums)
 
 
 # ------------------------------------------------------------------------------------------ Explore
 
 
-def _explore_kernel(coefficient: float) -> Callable[..., None]:
-    r"""Write E's :math:`\hat g` (:func:`valleys.optim._e.grad_hat`) into ``out``, in one pass."""
+def _explore_kernel(coefficient: float, telemetry: bool) -> Callable[..., Tensor | None]:
+    r"""Write E's :math:`\hat g` (:func:`valleys.optim._e.grad_hat`) into ``out``, in one pass;
+    return E's telemetry sums when ``telemetry``."""
 
-    def explore_tensor(out: Tensor, grad: Tensor, grad_ema: Tensor) -> None:
-        out.copy_(grad_hat(grad, grad_ema, coefficient))
+    def explore_tensor(out: Tensor, grad: Tensor, grad_ema: Tensor) -> Tensor | None:
+        ghat = grad_hat(grad, grad_ema, coefficient)
+        out.copy_(ghat)
+        return perturbation_sums(grad, ghat) if telemetry else None
 
     return explore_tensor
 
 
 def fused_grad_hat(
-    grads: list[Tensor], emas: list[Tensor], coefficient: float, out: list[Tensor]
+    grads: list[Tensor],
+    emas: list[Tensor],
+    coefficient: float,
+    out: list[Tensor],
+    e_sums: list[Tensor] | None = None,
 ) -> None:
     """:func:`valleys.optim._e.grad_hat_multi` with one compiled kernel per tensor (Explore's
-    fused path): reads ``g`` and ``e`` once, writes ``ĝ`` into ``out``."""
+    fused path): reads ``g`` and ``e`` once, writes ``ĝ`` into ``out``; appends E's telemetry
+    sums to ``e_sums`` when given."""
+    config = (coefficient, e_sums is not None)
     for (device, dtype), idx in _group_by_device_and_dtype(grads).items():
-        kernel = _kernel(_explore_kernel, (coefficient,), (device.type, dtype))
+        kernel = _kernel(_explore_kernel, config, (device.type, dtype))
         with _constant_floats():
             for i in idx:
-                kernel(*_flat(out[i], grads[i], emas[i]))
+                sums = kernel(*_flat(out[i], grads[i], emas[i]))
+                if e_sums is not None and sums is not None:
+                    e_sums.append(sums)

@@ -92,7 +92,16 @@ def _moments_multi_(
 
 def _trust_ratio(param_norm: Tensor, update_norm: Tensor, eps2: float, eps3: float) -> Tensor:
     r""":math:`\phi(\lVert\theta\rVert) / (\lVert r\rVert + \epsilon_2 \phi(\lVert\theta\rVert))`,
-    :math:`\phi(x) = x + \epsilon_3`."""
+    :math:`\phi(x) = x + \epsilon_3`.
+
+    With :math:`\epsilon_2 = \epsilon_3 = 0` this is :math:`\lVert\theta\rVert / \lVert r\rVert`,
+    which is undefined where either norm is 0; there it is 1, LAMB's rule (You et al., ICLR 2020,
+    as the NUS-HPC-AI-Lab code and the paper's reference ALTO run it): a zero-initialised tensor
+    takes a plain step. Chosen on the device (``torch.where``), never on the host. Either ε > 0
+    keeps the paper's formula as it is, bit for bit."""
+    if eps2 == 0 and eps3 == 0:
+        defined = (param_norm > 0) & (update_norm > 0)
+        return torch.where(defined, param_norm / update_norm, 1.0)
     phi = param_norm + eps3
     return phi / (update_norm + eps2 * phi)
 

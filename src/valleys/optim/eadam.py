@@ -82,7 +82,9 @@ class EAdam(ValleyOptimizer):
         check_betas(group["betas"], ("beta1", "beta2", "beta3"))
         check_alpha(group["alpha"], group["betas"][0], "beta1")
 
-    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+    def _update_group(
+        self, group: dict[str, Any], grad_scale: Tensor | None, e_sums: list[Tensor] | None
+    ) -> None:
         beta1, beta2, beta3 = group["betas"]
         alpha = group["alpha"]
         t = self._moment_tensors(group, explores=alpha != 0)
@@ -108,6 +110,7 @@ class EAdam(ValleyOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             fused=fused,
+            e_sums=e_sums,
         )
 
 

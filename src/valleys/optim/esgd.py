@@ -97,7 +97,9 @@ class ESGD(ValleyOptimizer):
                 "Invalid nesterov=True: Nesterov momentum needs momentum > 0 and dampening = 0"
             )
 
-    def _update_group(self, group: dict[str, Any], grad_scale: Tensor | None) -> None:
+    def _update_group(
+        self, group: dict[str, Any], grad_scale: Tensor | None, e_sums: list[Tensor] | None
+    ) -> None:
         alpha, momentum = group["alpha"], group["momentum"]
         params: list[Tensor] = []
         grads: list[Tensor] = []
@@ -142,6 +144,7 @@ class ESGD(ValleyOptimizer):
             maximize=group["maximize"],
             foreach=foreach,
             fused=fused,
+            e_sums=e_sums,
         )
         if momentum != 0:
             for state, param, complex_param, buf in zip(

@@ -26,6 +26,7 @@ from torch.optim import optimizer as optimizer_module
 from ._base import as_real, resolve_foreach, zeros_state
 from ._e import advance_, advance_multi_, ghat_coefficient, grad_hat, grad_hat_multi
 from ._fused import fused_grad_hat
+from ._telemetry import ETelemetry, perturbation_sums, perturbation_sums_multi
 from ._validation import check_alpha, check_beta
 
 __all__ = ["Explore"]
@@ -33,7 +34,7 @@ __all__ = ["Explore"]
 _PREFIX = "explore_"
 
 
-class Explore(Optimizer):
+class Explore(ETelemetry, Optimizer):
     r"""Wrap a torch optimizer so that it steps on E's gradient :math:`\hat g` instead of :math:`g`.
 
     .. math::
@@ -61,6 +62,9 @@ class Explore(Optimizer):
     ``explore.optimizer.state``. ``state_dict()`` is the base optimizer's, with E's buffer added to
     each parameter's entry as ``explore_grad_ema``, so checkpoint tools that expect the usual
     ``{"state", "param_groups"}`` layout keep working.
+
+    ``enable_telemetry()`` makes every step record how far E moved the gradients the base optimizer
+    sees, read with ``e_telemetry()`` (:class:`~valleys.optim._telemetry.ETelemetry`).
 
     Args:
         optimizer: the base optimizer instance.
@@ -153,6 +157,7 @@ class Explore(Optimizer):
             if params:
                 groups.append((group, params))
 
+        e_sums = self._telemetry_begin()
         # Each group's (E buffers, raw gradients, β, foreach), advanced once the base step is done.
         advances: list[tuple[list[Tensor], list[Tensor], float, bool]] = []
         swapped: list[tuple[Tensor, Tensor]] = []
@@ -171,12 +176,16 @@ class Explore(Optimizer):
                 out = [as_real(t) for t in ghats]
                 coefficient = ghat_coefficient(alpha, beta)
                 if self.fused:
-                    fused_grad_hat(grads, emas, coefficient, out)
+                    fused_grad_hat(grads, emas, coefficient, out, e_sums)
                 elif foreach:
                     grad_hat_multi(grads, emas, coefficient, out)
+                    if e_sums is not None:
+                        e_sums.append(perturbation_sums_multi(grads, out))
                 else:
                     for o, g, e in zip(out, grads, emas, strict=True):
                         grad_hat(g, e, coefficient, out=o)
+                        if e_sums is not None:
+                            e_sums.append(perturbation_sums(g, o))
                 for p, ghat in zip(params, ghats, strict=True):
                     swapped.append((p, p.grad))
                     p.grad = ghat

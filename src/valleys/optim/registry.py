@@ -2,7 +2,12 @@
 
 Names: ``alto``, ``alto_vanilla``, ``lamb``, ``eadam``, ``eadamw``, ``esgd``; every torch optimizer
 that steps on gradients alone (``sgd``, ``adam``, ``adamw``, ``adagrad``, ``rmsprop``, ...); and
-``e_<torch name>`` (``e_adamw``, ``e_sgd``, ...) for that optimizer wrapped in :class:`Explore`.
+``e_<torch name>`` (``e_adamw``, ``e_sgd``, ...) for that optimizer wrapped in :class:`Explore`;
+and today's peers (:func:`_peer_entries`: ``muon``, ``adan``, ``mars``, ``lion``, ``soap``,
+``adopt``, ``sf_adamw``), whose packages are imported only when one is built.
+The walk from the Lamb of the paper's tables to its reference ALTO, one change per step
+(:func:`_paper_entries`): ``lamb_paper``, ``lamb_paper_bc``, ``lamb_paper_bc_v99``,
+``alto_reference``.
 
 Everything outside this module asks an :class:`OptimizerInfo` instead of branching on names or
 classes: a new optimizer is one entry in :func:`_build_registry`.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -20,11 +25,13 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._validation import e_stable
-from .alto import ALTO, Lamb
+from .alto import ALTO, PAPER_PRESETS, Lamb
 from .eadam import EAdam, EAdamW
 from .esgd import ESGD
 from .explore import Explore
 from .groups import param_groups
+from .hybrid import MuonAdamW, muon_param_groups
+from .peers import PeerClass
 
 __all__ = [
     "LARGE_BATCH",
@@ -56,9 +63,10 @@ _TORCH_OPTIMIZERS = (
 
 _SGD_DEFAULTS: dict[str, Any] = {"momentum": 0.9}
 
-Family = Literal["sgd", "adaptive", "layerwise"]
+Family = Literal["sgd", "adaptive", "layerwise", "sign"]
 """The kind of update, which decides the lr scale: plain gradient steps (SGD, ESGD), per-coordinate
-normalised steps (Adam and kin), or per-tensor trust-ratio steps (LAMB, ALTO)."""
+normalised steps (Adam and kin), per-tensor trust-ratio steps (LAMB, ALTO), or sign steps of size
+lr in every coordinate (Lion), which need a 3–10× smaller lr than Adam's."""
 
 EStyle = Literal["betas", "beta", "explore"]
 """How E's α and β1 reach the constructor: ``alpha`` and ``betas[0]`` (ALTO, EAdam), ``alpha`` and
@@ -84,6 +92,12 @@ class OptimizerInfo:
     """How α and β1 are passed; None when it does not explore."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Keyword defaults the factory gets on top of its own (overridable)."""
+    modes: bool = False
+    """Whether the optimizer has ``train()`` and ``eval()`` modes that move the parameters between
+    the point gradients are taken at and the point to evaluate (Schedule-Free): steps need train
+    mode; evaluation, flatness and checkpoints need eval mode. Built in train mode."""
+    group_params: Callable[[nn.Module, float], list[dict[str, Any]]] = param_groups
+    """How a model's parameters are grouped, given the decay group's weight decay."""
 
     @property
     def explores(self) -> bool:
@@ -202,7 +216,124 @@ def _build_registry() -> dict[str, OptimizerInfo]:
                 dict(extra),
             )
         )
+    infos.extend(_paper_entries())
+    infos.extend(_peer_entries())
     return {info.name: info for info in infos}
+
+
+def _paper_entries() -> list[OptimizerInfo]:
+    """The walk from the paper's Lamb to its reference ALTO (``lamb_paper``, ``lamb_paper_bc``,
+    ``lamb_paper_bc_v99``, ``alto_reference``), one change per step; each update is written out
+    in :data:`valleys.optim.alto.PAPER_PRESETS` and in its description."""
+    return [
+        OptimizerInfo(
+            preset.name,
+            preset.description,
+            preset.optimizer,
+            "layerwise",
+            preset.base,
+            "betas" if preset.base != preset.name else None,
+            dict(preset.settings),
+        )
+        for preset in PAPER_PRESETS
+    ]
+
+
+def _peer_entries() -> list[OptimizerInfo]:
+    """Today's peers (PAPER.md, last section), and ``e_<peer>`` where E has a gradient to change.
+
+    Every peer decays weights decoupled from its update (AdamW's way): λ = 0.01, AdamW's default,
+    on AdamW's lr scale; λ = 0.1 for Lion, whose lr is ~10× smaller, so that lr·λ per step stays.
+    MARS runs on every tensor (``optimize_1d``): its own AdamW for 1-D tensors would have an lr
+    and a weight decay of its own that neither the lr grid nor the no-decay group reach.
+    Adan and MARS already step on gradient differences, E's ingredient, so E is not stacked on
+    them; Schedule-Free is not wrapped either (:class:`Explore` has no train/eval modes).
+    """
+    explored = _explorable_peers()
+    wrapped = [
+        replace(
+            info,
+            name=f"e_{info.name}",
+            description=f"{info.description}, wrapped in Explore (E)",
+            e_style="explore",
+        )
+        for info in explored
+    ]
+    return [*explored, *_other_peers(), *wrapped]
+
+
+_DECOUPLED: dict[str, Any] = {"weight_decay": 0.01, "weight_decouple": True}
+"""pytorch-optimizer's switch to AdamW's decoupled weight decay, with AdamW's λ."""
+
+
+def _explorable_peers() -> list[OptimizerInfo]:
+    """The peers that also come as ``e_<peer>``."""
+    return [
+        OptimizerInfo(
+            "muon",
+            "Muon on the hidden matrices, AdamW on the rest (torch.optim.Muon, match_rms_adamw)",
+            MuonAdamW,
+            "adaptive",
+            "muon",
+            defaults={"weight_decay": 0.01},
+            group_params=muon_param_groups,
+        ),
+        OptimizerInfo(
+            "lion",
+            "Lion: sign of an interpolated momentum (pytorch-optimizer)",
+            PeerClass("pytorch-optimizer", "pytorch_optimizer", "Lion"),
+            "sign",
+            "lion",
+            defaults={"weight_decay": 0.1},
+        ),
+        OptimizerInfo(
+            "soap",
+            "SOAP: Adam in Shampoo's eigenbasis (pytorch-optimizer)",
+            PeerClass("pytorch-optimizer", "pytorch_optimizer", "SOAP"),
+            "adaptive",
+            "soap",
+            defaults={"weight_decay": 0.01},
+        ),
+        OptimizerInfo(
+            "adopt",
+            "ADOPT: Adam normalising by the previous second moment (pytorch-optimizer)",
+            PeerClass("pytorch-optimizer", "pytorch_optimizer", "ADOPT"),
+            "adaptive",
+            "adopt",
+            defaults=dict(_DECOUPLED),
+        ),
+    ]
+
+
+def _other_peers() -> list[OptimizerInfo]:
+    """The peers E is not stacked on (see :func:`_peer_entries`)."""
+    return [
+        OptimizerInfo(
+            "adan",
+            "Adan: Nesterov momentum on an EMA of gradient differences (pytorch-optimizer)",
+            PeerClass("pytorch-optimizer", "pytorch_optimizer", "Adan"),
+            "adaptive",
+            "adan",
+            defaults=dict(_DECOUPLED),
+        ),
+        OptimizerInfo(
+            "mars",
+            "MARS-AdamW: AdamW on g + γβ/(1−β)(g − g_prev) (pytorch-optimizer)",
+            PeerClass("pytorch-optimizer", "pytorch_optimizer", "MARS"),
+            "adaptive",
+            "mars",
+            defaults={"weight_decay": 0.01, "optimize_1d": True},
+        ),
+        OptimizerInfo(
+            "sf_adamw",
+            "Schedule-Free AdamW (schedulefree; train/eval modes)",
+            PeerClass("schedulefree", "schedulefree", "AdamWScheduleFree"),
+            "adaptive",
+            "sf_adamw",
+            defaults={"weight_decay": 0.01},
+            modes=True,
+        ),
+    ]
 
 
 _REGISTRY = _build_registry()
@@ -237,8 +368,10 @@ def create_optimizer(
 
     Args:
         name: a name from :func:`available_optimizers`.
-        model_or_params: a model (its parameters are split by :func:`param_groups`: no weight decay
-            and no trust ratio for norms, biases and 1-D tensors) or parameters / param groups.
+        model_or_params: a model (its parameters are split by the entry's ``group_params``,
+            :func:`param_groups` unless said otherwise: no weight decay and no trust ratio for
+            norms, biases and 1-D tensors; ``muon`` puts the hidden matrices apart) or parameters /
+            param groups. An optimizer with train/eval ``modes`` is returned in train mode.
         lr: the learning rate.
         batch_size: picks E's α and β1 by the paper's rule (:func:`explore_defaults`) for the
             optimizers that explore; None keeps the large-batch defaults.
@@ -266,13 +399,15 @@ def create_optimizer(
 
     if isinstance(model_or_params, nn.Module):
         decay = weight_decay if weight_decay is not None else info.default("weight_decay", 0.0)
-        params: Any = param_groups(model_or_params, decay)
+        params: Any = info.group_params(model_or_params, decay)
     else:
         params = list(model_or_params)
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
 
     optimizer = info.factory(params, lr=lr, **kwargs)
+    if info.modes:
+        optimizer.train()  # type: ignore[attr-defined]
     if explore_kwargs:
         return Explore(optimizer, **explore_kwargs)
     return optimizer

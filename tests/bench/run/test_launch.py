@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from valleys.bench.run.config import CONFIG_FILE, TrainConfig
+from valleys.bench.run.config import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
 from valleys.bench.run.launch import (
     OPTION_NAMES,
     apply_options,
@@ -40,6 +40,10 @@ def test_a_resumed_run_takes_its_stored_config_and_the_given_changes(tmp_path: P
         prepare_run({}, resume=tmp_path)
     stored = TrainConfig(task="digits", lr=0.01, epochs=2)
     (tmp_path / CONFIG_FILE).write_text(json.dumps(stored.to_dict()))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt is missing.*start afresh"):
+        prepare_run({}, resume=tmp_path)
+    # Only its presence matters here; train() reads it.
+    (tmp_path / CHECKPOINT_FILE).touch()
     config, out = prepare_run({"epochs": 5}, resume=tmp_path)
     assert out == tmp_path
     assert config.lr == 0.01 and config.task == "digits" and config.epochs == 5
@@ -48,3 +52,25 @@ def test_a_resumed_run_takes_its_stored_config_and_the_given_changes(tmp_path: P
 def test_a_single_process_leads_and_keeps_its_own_values() -> None:
     assert is_lead()
     assert shared("20250101-000000") == "20250101-000000"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", r"config\.json should hold a JSON object, found array"),
+        ('{"lr": 0.1', r"config\.json is not valid JSON \(.* at column 11\)"),
+        ('{\n"lr": }', r"config\.json is not valid JSON \(Expecting value at line 2 column 7\)"),
+        (
+            '{"nosuch": 1}',
+            r"config\.json is not a valid run configuration: unknown training options",
+        ),
+        ('{"task_options": [1]}', r"config\.json is not a valid run configuration"),
+    ],
+)
+def test_a_stored_config_that_cannot_be_read_is_named(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / CONFIG_FILE).write_text(text)
+    (tmp_path / CHECKPOINT_FILE).touch()
+    with pytest.raises(ValueError, match=message):
+        prepare_run({}, resume=tmp_path)

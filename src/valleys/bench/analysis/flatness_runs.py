@@ -1,7 +1,9 @@
 """How flat is the minimum a training run ended in? (what ``valleys flatness RUN`` measures)
 
 For a finished run directory (``config.json`` + ``checkpoint.pt`` from :func:`valleys.bench.run.train.train`)
-this measures, on a fixed subset of the *training* data with the model in eval mode:
+this measures, on a fixed subset of the *training* data with the model in eval mode (for an
+optimizer with train/eval modes, Schedule-Free, the checkpoint holds the eval-mode weights: the
+training loop saves it in eval mode, so nothing is to be switched here):
 
 - the Hessian's dominant eigenvalue by power iteration on Hessian-vector products, with a flag
   saying whether it converged (a non-converged estimate is reported as such, not as a number);
@@ -18,7 +20,6 @@ run, so that ALTO's and Lamb's end points can be compared seed by seed.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -37,13 +38,19 @@ from valleys.bench.analysis.flatness import (
     loss_profile_1d,
     top_hessian_eigenvalue,
 )
-from valleys.bench.run.checkpoint import CheckpointError, load_checkpoint, write_json_atomic
-from valleys.bench.run.config import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig
+from valleys.bench.run.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    writable_dir,
+    write_json_atomic,
+)
+from valleys.bench.run.config import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, load_config
 from valleys.bench.tasks import Task, build_task
 
 __all__ = [
     "FLATNESS_FILE",
     "FlatnessSettings",
+    "check_run",
     "measure_run",
     "plot_profiles",
 ]
@@ -80,14 +87,26 @@ def _require_count(name: str, value: Any, *, minimum: int) -> None:
         raise ValueError(f"Invalid {name}: {value!r}; expected an integer >= {minimum}")
 
 
+def check_run(run_dir: str | Path) -> Path:
+    """``run_dir`` once it holds a run with a checkpoint and ``flatness.json`` can be written in it:
+    checked before measuring, which takes much longer than writing.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` or no ``checkpoint.pt`` in ``run_dir``.
+        OSError: ``run_dir`` cannot be written.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no run ({CONFIG_FILE} missing)")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint ({CHECKPOINT_FILE} missing)")
+    return writable_dir(run_dir)
+
+
 def _load_run(run_dir: Path) -> tuple[TrainConfig, Task, nn.Module, nn.Module]:
     """The run's config, task, trained model and the model as training initialised it."""
-    config_path, checkpoint_path = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no run ({CONFIG_FILE} missing)")
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint ({CHECKPOINT_FILE} missing)")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    checkpoint_path = check_run(run_dir) / CHECKPOINT_FILE
+    config = load_config(run_dir / CONFIG_FILE)
     task = build_task(config.task, config.task_options)
     payload = load_checkpoint(checkpoint_path, fingerprint=config.fingerprint())
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from valleys.bench.analysis.e_telemetry import e_series, plot_e_telemetry
 from valleys.bench.run.checkpoint import atomic_write_bytes
-from valleys.bench.run.config import RunResult
+from valleys.bench.run.config import EFFECTIVE_CLIP, RunResult, TrainConfig
 
 __all__ = [
     "Aggregate",
@@ -402,6 +403,41 @@ def _setup_lines(config: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _clip_line(results: Sequence[RunResult]) -> str:
+    """Each optimizer's global gradient-norm clip, applied once (by the optimizer where it clips
+    itself, else before its step); derived from the configuration where a result predates it."""
+    clips: dict[str, float | None] = {}
+    for run in results:
+        config = run.config
+        if EFFECTIVE_CLIP not in config:
+            config = TrainConfig.from_dict(config).to_dict()
+        clips.setdefault(config["optimizer"], config[EFFECTIVE_CLIP])
+    text = ", ".join(f"{name} {'none' if c is None else f'{c:g}'}" for name, c in clips.items())
+    return f"- gradient clip (global norm, applied once): {text}"
+
+
+def _e_telemetry_lines(summaries: Sequence[OptimizerSummary], out: Path) -> list[str]:
+    """E's perturbation and cosine per step of each optimizer with E at its chosen lr, when its
+    runs logged them."""
+    series = {
+        f"{s.optimizer} (lr {s.by_metric.lr:g})": [
+            found for run in s.by_metric.runs if (found := e_series(run.out_dir)) is not None
+        ]
+        for s in summaries
+        if s.by_metric is not None
+    }
+    path = plot_e_telemetry(series, out / "e_perturbation.png", "E's perturbation of the gradient")
+    if path is None:
+        return []
+    return [
+        "E's relative perturbation ‖ĝ − g‖/‖g‖ and cosine cos(ĝ, g) per step, for the optimizers "
+        "with E at the lr chosen by the test metric (every seed).",
+        "",
+        f"![E's perturbation]({path.name})",
+        "",
+    ]
+
+
 def _machine_line() -> str:
     return (
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
@@ -438,6 +474,7 @@ def write_report(
         lines.append(f"- execution: {execution}")
     if wall_seconds is not None:
         lines.append(f"- wall time: {wall_seconds:.0f} s for {len(results)} runs")
+    lines.append(_clip_line(results))
     lines += [
         "",
         "## Results",
@@ -454,6 +491,7 @@ def write_report(
         "",
         f"![train loss]({images[1].name})",
         "",
+        *_e_telemetry_lines(summaries, out),
         "## Every grid point",
         "",
         _grid_table(summaries, target),

@@ -63,6 +63,8 @@ _LR_GRIDS: dict[str, tuple[float, ...]] = {
     "layerwise": (3e-3, 1e-2, 3e-2),
     "adaptive": (1e-3, 3e-3, 1e-2),
     "sgd": (3e-2, 1e-1, 3e-1),
+    # Lion's sign step moves every coordinate by lr: 3-10x below Adam's lr (Chen et al. 2023).
+    "sign": (1e-4, 3e-4, 1e-3),
 }
 
 COMPARE_FILE = "compare.json"

@@ -31,7 +31,6 @@ median step time, reported as a fraction of the copy bandwidth measured in the s
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from valleys.bench.run.checkpoint import write_json_atomic
 from valleys.optim import ALTO, ESGD, EAdamW, Explore, Lamb
 
 BASELINE = "torch_adamw_fused"
@@ -99,6 +99,13 @@ def _pytorch_optimizer_lamb(params: list[Tensor]) -> Optimizer:
     from pytorch_optimizer import Lamb as PeerLamb
 
     return PeerLamb(params, lr=LR)
+
+
+def _alto_fused_telemetry(params: list[Tensor]) -> Optimizer:
+    """ALTO's fused step with E's telemetry on (its sums computed in the compiled kernel)."""
+    opt = ALTO(params, lr=LR, fused=True)
+    opt.enable_telemetry()
+    return opt
 
 
 def _reference_alto(params: list[Tensor]) -> Optimizer:
@@ -156,6 +163,7 @@ VARIANTS: list[Variant] = [
         lambda ps: ALTO(ps, lr=LR, fused=True, max_grad_norm=None),
         _TRAFFIC["alto_no_clip"],
     ),
+    Variant("alto_fused_telemetry", "ours", _alto_fused_telemetry, _TRAFFIC["alto"]),
     Variant("lamb_loop", "ours", lambda ps: Lamb(ps, lr=LR, foreach=False), _TRAFFIC["lamb"]),
     Variant("lamb_foreach", "ours", lambda ps: Lamb(ps, lr=LR, foreach=True), _TRAFFIC["lamb"]),
     Variant("lamb_fused", "ours", lambda ps: Lamb(ps, lr=LR, fused=True), _TRAFFIC["lamb"]),
@@ -467,7 +475,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
-    """Write ``report`` as indented JSON to ``path`` (its folder created); return ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    """Write ``report`` as indented JSON to ``path`` (its folder created, atomically); return
+    ``path``."""
+    write_json_atomic(path, report)
     return path

@@ -2,7 +2,11 @@
 
 A file is written next to its destination under a temporary name, flushed to disk and moved into
 place with :func:`os.replace`, so a kill at any moment leaves either the old file or the new one,
-never a torn one. Checkpoints carry a *fingerprint* of everything that shapes the trajectory (task,
+never a torn one (a kill can leave the temporary file, which :func:`remove_stale_temporaries`
+deletes when the run starts again). A write that fails (a full disk) raises an :class:`OSError`
+naming the file, and the old file stays. JSON is read by :func:`read_json` alone, whose errors name
+the file, and output folders are checked with :func:`writable_dir` before work whose results go
+there. Checkpoints carry a *fingerprint* of everything that shapes the trajectory (task,
 model, optimizer, batch, schedule, seed, ...); loading one into a run with a different fingerprint
 is refused, because silently continuing a different experiment would corrupt its results.
 
@@ -14,6 +18,7 @@ included, can load them (:func:`load_model_and_optimizer`).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -29,14 +34,20 @@ import torch
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "RunFileWarning",
     "atomic_write_bytes",
     "get_rng_state",
     "load_checkpoint",
     "load_model_and_optimizer",
+    "parse_json",
+    "read_json",
     "remove_stale_shards",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "save_sharded",
     "set_rng_state",
+    "writable_dir",
+    "writable_file",
     "write_json_atomic",
 ]
 
@@ -44,27 +55,131 @@ CHECKPOINT_VERSION = 1
 SHARDED_PREFIX = "checkpoint-shards-"
 """Name prefix of the folders of an FSDP run's model and optimizer shards."""
 _REQUIRED_KEYS = ("version", "fingerprint", "epoch", "model", "optimizer", "scheduler", "rng")
+_TEMPORARY = ".*.tmp"
+"""Names of the temporary files :func:`atomic_write_bytes` writes (``.<name>.<random>.tmp``)."""
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, incomplete, or written by a different run."""
 
 
+class RunFileWarning(UserWarning):
+    """A run's file was damaged (a line cut by a kill, records missing) and the run goes on."""
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
+    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file.
+
+    Raises:
+        OSError: the file cannot be written (full disk, read-only folder, ...); its message names
+            ``path`` and says that the old file, if any, is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         # Also on KeyboardInterrupt: never leave a stray temporary file behind.
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    reason = exc.strerror or str(exc)
+    return OSError(
+        exc.errno, f"cannot write {path} ({reason}); the previous {path.name}, if any, is unchanged"
+    )
+
+
+def writable_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` once files can be written in it, or in the folder it would be created in: called
+    before work whose results go there, so that a read-only or misspelt folder fails at once and
+    not at the end. Nothing is created (a probe file is written and deleted).
+
+    Raises:
+        OSError: the folder cannot be written or created; the message names it and why.
+    """
+    path = Path(path)
+    _probe(path, f"write to {path}")
+    return path
+
+
+def writable_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` once it could be written as :func:`writable_dir` checks a folder, and is no folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder")
+    _probe(path.parent, f"write {path}")
+    return path
+
+
+def _probe(folder: Path, action: str) -> None:
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot {action}: {existing} is a file, not a folder"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot {action}: {exc.strerror or exc}") from exc
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> None:
+    """Delete the temporary files that writes killed before their rename left in ``folder``."""
+    for path in Path(folder).glob(_TEMPORARY):
+        path.unlink(missing_ok=True)
+
+
+def parse_json(text: str, source: str, expected: type | None = None) -> Any:
+    """The JSON value in ``text``, read from ``source`` (a file, or a file and line).
+
+    Raises:
+        ValueError: ``text`` is not JSON, or not of the ``expected`` type; the message names
+            ``source``, and the line and column of a syntax error.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # One line of a JSON-lines file is named by ``source``; only its column is news.
+        one_line = "\n" not in text.rstrip("\n")
+        where = f"column {exc.colno}" if one_line else f"line {exc.lineno} column {exc.colno}"
+        raise ValueError(f"{source} is not valid JSON ({exc.msg} at {where})") from None
+    if expected is not None and not isinstance(value, expected):
+        raise ValueError(
+            f"{source} should hold a JSON {_JSON_TYPES.get(expected, expected.__name__)}, "
+            f"found {_JSON_TYPES.get(type(value), 'number')}"
+        )
+    return value
+
+
+def read_json(path: str | os.PathLike[str], expected: type | None = dict) -> Any:
+    """The JSON value in the file ``path`` (by default it must be an object); every JSON file the
+    harness reads is read here, so that every error names its file.
+
+    Raises:
+        ValueError: not UTF-8 text, not JSON, or not of the ``expected`` type.
+        OSError: the file cannot be read (missing, a folder, no permission).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a JSON file (not UTF-8 text)") from None
+    return parse_json(text, str(path), expected)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:

@@ -9,7 +9,6 @@ completed, diverged or interrupted); :class:`RunResult` is the last of these.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from valleys.bench.run.checkpoint import read_json
 from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES
 from valleys.bench.tasks import TaskOptions, check_task_options
 
@@ -33,6 +33,7 @@ __all__ = [
     "RunResult",
     "TrainConfig",
     "check_optimizer_name",
+    "load_config",
     "load_result",
 ]
 
@@ -47,6 +48,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+
+EFFECTIVE_CLIP = "effective_clip_grad_norm"
+"""The key of :attr:`TrainConfig.effective_clip_grad_norm` in ``to_dict()`` (config.json, results):
+derived, so ``from_dict`` ignores it and files without it still load."""
 
 # Fields that do not change the trajectory: a run may resume with other values of these.
 _NOT_FINGERPRINTED = ("target", "eval_batch_size", "device")
@@ -77,7 +82,8 @@ class TrainConfig:
         poly_power: exponent of the ``poly`` schedule.
         lr_scaling: one of :data:`valleys.bench.run.schedules.SCALING_RULES`.
         base_batch_size: the batch size at which ``lr`` applies unscaled.
-        clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        clip_grad_norm: clip the global gradient norm to this value, once, for any optimizer
+            (None: each optimizer's own setting; see :attr:`effective_clip_grad_norm`).
         weight_decay: the decay group's weight decay (None: the optimizer's default).
         optimizer_args: further constructor arguments (``alpha``, ``betas``, ...).
         bf16: run forward passes under bfloat16 autocast.
@@ -124,6 +130,11 @@ class TrainConfig:
         _require("poly_power", self.poly_power, lambda v: math.isfinite(v) and v > 0, "> 0")
         if self.clip_grad_norm is not None:
             _require("clip_grad_norm", self.clip_grad_norm, lambda v: v > 0, "> 0")
+            if "max_grad_norm" in self.optimizer_args:
+                raise ValueError(
+                    "clip_grad_norm and optimizer_args max_grad_norm both set the gradient clip; "
+                    "give one of them"
+                )
         if self.weight_decay is not None:
             _require("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
         if self.target is not None:
@@ -155,14 +166,38 @@ class TrainConfig:
         """Examples per forward/backward pass on each of ``world`` ranks sharing every batch."""
         return min(self.batch_size // world, self.micro_batch_size or DEFAULT_MICRO_BATCH_SIZE)
 
+    @property
+    def clips_inside(self) -> bool:
+        """Whether the optimizer clips the global gradient norm itself (takes ``max_grad_norm``,
+        per the registry): ``clip_grad_norm`` is then passed to it, never applied on top."""
+        from valleys.optim import optimizer_info
+
+        return optimizer_info(self.optimizer).accepts("max_grad_norm")
+
+    @property
+    def effective_clip_grad_norm(self) -> float | None:
+        """The one global gradient-norm clip of this run: ``clip_grad_norm`` when set, else the
+        optimizer's own (``max_grad_norm`` in ``optimizer_args``, else its default); None: none.
+        A default of 0 is some packages' way of saying none (pytorch_optimizer's Adan)."""
+        from valleys.optim import optimizer_info
+
+        if self.clip_grad_norm is not None or not self.clips_inside:
+            return self.clip_grad_norm
+        own = self.optimizer_args.get(
+            "max_grad_norm", optimizer_info(self.optimizer).default("max_grad_norm")
+        )
+        return own or None
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (``task_options`` nested)."""
-        return asdict(self)
+        """A JSON-ready dictionary (``task_options`` nested), with the derived
+        :attr:`effective_clip_grad_norm` under :data:`EFFECTIVE_CLIP`."""
+        return {**asdict(self), EFFECTIVE_CLIP: self.effective_clip_grad_norm}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; ``ValueError`` names unknown keys."""
         data = dict(data)
+        data.pop(EFFECTIVE_CLIP, None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -180,7 +215,7 @@ class TrainConfig:
         ``epochs`` matters only when the schedule depends on the run's length: a constant-rate run
         may be extended by resuming it with more epochs.
         """
-        data = self.to_dict()
+        data = asdict(self)
         for name in _NOT_FINGERPRINTED:
             data.pop(name)
         if self.schedule == "constant":
@@ -250,7 +285,24 @@ class RunResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """The :class:`TrainConfig` stored in the file ``path`` (a run's ``config.json``).
+
+    Raises:
+        ValueError: the file is not JSON, or not a configuration; the message names the file.
+    """
+    data = read_json(path)
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid run configuration: {exc}") from None
+
+
 def load_result(run_dir: str | os.PathLike[str]) -> RunResult:
     """The stored result of the run in ``run_dir``."""
     path = Path(run_dir) / RESULT_FILE
-    return RunResult.from_dict(json.loads(path.read_text()))
+    data = read_json(path)
+    try:
+        return RunResult.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(f"{path} is not a valid run result: {exc}") from None

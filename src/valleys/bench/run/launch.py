@@ -2,12 +2,12 @@
 
 A run is started from the options a user gave (TrainConfig and TaskOptions field names, see
 :data:`OPTION_NAMES`): a new run applies them to the defaults; a resumed run applies them to the
-configuration stored in its folder, so only what is given changes.
+configuration stored in its folder, so only what is given changes. Only a folder with a checkpoint
+can be resumed: resuming one without would start a new run over the old one's files.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from valleys.bench.run.config import CONFIG_FILE, TrainConfig
+from valleys.bench.run.config import CHECKPOINT_FILE, CONFIG_FILE, TrainConfig, load_config
 from valleys.bench.run.distributed import init_distributed
 from valleys.bench.tasks import TaskOptions
 
@@ -50,13 +50,23 @@ def prepare_run(
 ) -> tuple[TrainConfig, Path]:
     """The configuration and folder of a run: ``resume``'s stored one with ``given`` applied, or a
     new, validated one in ``out`` (default ``runs/train-<task>-<optimizer>-<time>``, the time
-    rank 0's in a distributed run, so that every rank writes to the same folder)."""
+    rank 0's in a distributed run, so that every rank writes to the same folder).
+
+    Raises:
+        FileNotFoundError: ``resume`` holds no configuration or no checkpoint to resume from.
+        ValueError: the stored configuration is unreadable, or the new one invalid.
+    """
     if resume is not None:
         stored = resume / CONFIG_FILE
         if not stored.is_file():
             raise FileNotFoundError(f"no run to resume in {resume} ({CONFIG_FILE} missing)")
-        config = TrainConfig.from_dict(json.loads(stored.read_text()))
-        return apply_options(config, given), resume
+        if not (resume / CHECKPOINT_FILE).is_file():
+            raise FileNotFoundError(
+                f"cannot resume {resume}: {resume / CHECKPOINT_FILE} is missing, so no epoch of "
+                f"it can be continued; to start afresh, train with --out into a new folder (or "
+                f"delete {resume} first)"
+            )
+        return apply_options(load_config(stored), given), resume
     config = apply_options(TrainConfig(), given)
     config.validate()
     # Every rank takes part in the broadcast, whether or not the folder was given.

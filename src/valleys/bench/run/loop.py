@@ -3,6 +3,10 @@
 A step whose loss is not finite ends the run as diverged before the optimizer applies it; so does
 an evaluation whose loss or metric is not finite. Every rank evaluates the whole test set, so every
 rank reports the same metrics with no reduction.
+
+An optimizer with train/eval modes (Schedule-Free) is in train mode for the steps and in eval mode
+for evaluation and checkpoints, and is left in eval mode however the epochs end, so the model a
+run returns holds the weights that were evaluated.
 """
 
 from __future__ import annotations
@@ -37,12 +41,21 @@ class _Epoch:
 
 def run_epochs(state: RunState) -> tuple[str, int | None]:
     """Train from ``state.progress.epoch + 1`` to ``config.epochs``; return (status, diverged step)."""
+    try:
+        return _run_epochs(state)
+    finally:
+        state.optimizer_mode(training=False)
+
+
+def _run_epochs(state: RunState) -> tuple[str, int | None]:
+    """The epochs of :func:`run_epochs`, before it puts the optimizer in eval mode."""
     device = next(state.wrapped.parameters()).device
     metric = state.task.metric
     for number in range(state.progress.epoch + 1, state.config.epochs + 1):
         epoch = _train_epoch(state, number, device)
         if epoch.diverged_at is not None:
             return "diverged", epoch.diverged_at
+        state.optimizer_mode(training=False)
         metrics, eval_seconds = _evaluate(state)
         if not (_finite(metrics["loss"]) and _finite(metrics[metric])):
             state.reporting.say(f"epoch {number}: test loss {metrics['loss']}: diverged", epoch.bar)
@@ -59,6 +72,7 @@ def _train_epoch(state: RunState, number: int, device: torch.device) -> _Epoch:
     """Take the optimizer steps of epoch ``number``; stop at the first non-finite loss."""
     config = state.config
     state.wrapped.train()
+    state.optimizer_mode(training=True)
     batches = epoch_batches(len(state.task.train), config.batch_size, config.seed, number)
     bar = progress_bar(
         len(batches),
@@ -105,14 +119,32 @@ def _backward(state: RunState, number: int, index: Tensor) -> dict[str, Any]:
 
 
 def _apply(state: RunState, record: dict[str, Any]) -> None:
-    """Clip, take the optimizer and schedule steps, and log the step's ``record``."""
-    if state.config.clip_grad_norm is not None:
-        norm = nn.utils.clip_grad_norm_(state.wrapped.parameters(), state.config.clip_grad_norm)
+    """Clip (only for an optimizer that does not clip itself: the run clips once), take the
+    optimizer and schedule steps, and log the step's ``record`` with E's telemetry."""
+    clip = state.config.clip_grad_norm
+    if clip is not None:
+        params = list(state.wrapped.parameters())
+        if state.config.clips_inside:
+            # The optimizer clips, once; the record still shows the norm it clips.
+            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        else:
+            norm = nn.utils.clip_grad_norm_(params, clip)
         record["grad_norm"] = full_tensor(norm).item()
     state.optimizer.step()
+    record.update(_e_telemetry(state.optimizer))
     state.scheduler.step()
     state.progress.step += 1
     state.reporting.write(record)
+
+
+def _e_telemetry(optimizer: Any) -> dict[str, float]:
+    """``e_perturbation`` and ``e_cosine`` of the step just taken, read in one sync; empty for an
+    optimizer without E's telemetry (``make_optimizer`` turns it on for those with E)."""
+    read = getattr(optimizer, "e_telemetry", None)
+    values = read() if read is not None else {}
+    if not values:
+        return {}
+    return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
 
 
 def _show_step(state: RunState, bar: Any, loss: float, elapsed: float) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from valleys.bench.run.checkpoint import atomic_write_bytes
+from valleys.bench.run.checkpoint import RunFileWarning, atomic_write_bytes, parse_json
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -51,9 +52,16 @@ class MetricsLog:
         self._tensorboard = _open_tensorboard(tensorboard_dir) if tensorboard_dir else None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` (non-finite floats become ``null``) and mirror its numbers."""
-        self._handle.write(_line(record))
-        self._handle.flush()
+        """Append ``record`` (non-finite floats become ``null``) and mirror its numbers.
+
+        Raises:
+            OSError: the line cannot be written (a full disk); the message names the file.
+        """
+        try:
+            self._handle.write(_line(record))
+            self._handle.flush()
+        except OSError as exc:
+            raise self._append_error(exc) from exc
         if self._tensorboard is not None:
             kind = record.get("kind", "metrics")
             step = int(record.get("step", 0))
@@ -63,9 +71,16 @@ class MetricsLog:
 
     def close(self) -> None:
         """Close the file and the TensorBoard writer."""
-        self._handle.close()
+        try:
+            # Closing flushes what a failed write left buffered, which fails the same way.
+            self._handle.close()
+        except OSError as exc:
+            raise self._append_error(exc) from exc
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+    def _append_error(self, exc: OSError) -> OSError:
+        return OSError(exc.errno, f"cannot append to {self.path}: {exc.strerror or exc}")
 
     def __enter__(self) -> MetricsLog:
         return self
@@ -90,17 +105,29 @@ def _open_tensorboard(directory: str | os.PathLike[str]) -> Any:
 def read_metrics(path: str | os.PathLike[str], kind: str | None = None) -> list[dict[str, Any]]:
     """Read a metrics log, optionally only records of one ``kind``.
 
-    A last line cut short by a kill is ignored rather than failing the whole read.
+    A last line that is not a record (cut short or garbled by a kill while it was written) is
+    dropped with a :class:`~valleys.bench.run.checkpoint.RunFileWarning`: it lies past the last
+    checkpoint, whose records a resumed run rewrites. A bad line before the last is a
+    ``ValueError`` naming the file and the line, since records a checkpoint covers would be lost.
     """
     records = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
+    bad: ValueError | None = None
+    # Undecodable bytes become U+FFFD, so a garbled line is reported as bad JSON with its number.
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if bad is not None:
+                raise ValueError(f"{bad}; repair or remove that line") from None
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if line.endswith("\n"):
-                    raise
-                break
+                record = parse_json(line, f"{path} line {number}", dict)
+            except ValueError as exc:
+                bad = exc
+                continue
             if kind is None or record.get("kind") == kind:
                 records.append(record)
+    if bad is not None:
+        warnings.warn(
+            f"{bad}; the line is dropped (a write cut short by a kill?)",
+            RunFileWarning,
+            stacklevel=2,
+        )
     return records

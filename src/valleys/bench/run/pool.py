@@ -5,15 +5,16 @@ They share the CPUs (:func:`threads_per_worker`) and leave Ctrl-C to the parent.
 SIGINT to the whole process group, and a worker acting on it by itself could die while the parent
 waits for its answer; the parent instead stops the pool by sending each worker SIGTERM, which a
 worker takes as :class:`KeyboardInterrupt`, so that the item in progress cleans up (a run stores
-itself as interrupted, a study trial is failed and queued again) before the worker exits.
+itself as interrupted, a study trial is failed and queued again) before the worker exits. A worker
+whose parent ends, however it ends (``kill -9`` included), interrupts itself the same way: an
+orphan would otherwise work on, alongside a rerun, on the same run folders.
 
 Each worker has its own pipe to the parent: the parent hands it one item at a time and it answers
 with the result or the exception its work raised. A worker that ends without answering (killed,
 out of memory) closes its end, so the parent learns of it at once instead of waiting forever.
 
 Every worker's set-up happens in :func:`_set_up_worker`, and every stop goes through
-:meth:`_Pool.stop`: the places to make workers die with their parent and a SIGTERM to the parent
-stop them all.
+:meth:`_Pool.stop`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +46,10 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+_STOP_SECONDS = 60.0
+"""How long a stopped worker may take to clean up its item (a study trial waits for SQLite's write
+lock) before it is killed; a killed study trial is retried once its heartbeat goes stale."""
 
 
 def default_jobs() -> int:
@@ -111,6 +118,7 @@ def run_pool(
     """
     pool = _Pool(work, jobs, name)
     try:
+        pool.start()
         return pool.run(iter(enumerate(items)), on_result, stop_on_failure)
     except BaseException:
         pool.stop()
@@ -123,13 +131,20 @@ class _Pool(Generic[Item, Result]):
     """The workers of one :func:`run_pool` call, keyed by the parent's end of their pipes."""
 
     def __init__(self, work: Callable[[Item], Result], jobs: int, name: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        threads = threads_per_worker(jobs)
+        self._work = work
+        self._jobs = jobs
+        self._name = name
         self._workers: dict[Connection, BaseProcess] = {}
-        for index in range(jobs):
+
+    def start(self) -> None:
+        """Start the workers; each is in :attr:`_workers` before it starts, so a stop reaches it
+        even when an interrupt arrives while the others are starting."""
+        context = multiprocessing.get_context("spawn")
+        threads = threads_per_worker(self._jobs)
+        for index in range(self._jobs):
             ours, theirs = context.Pipe()
             process = context.Process(
-                target=_serve, args=(work, theirs, threads), name=f"{name}-{index}"
+                target=_serve, args=(self._work, theirs, threads), name=f"{self._name}-{index}"
             )
             self._workers[ours] = process
             process.start()
@@ -180,15 +195,22 @@ class _Pool(Generic[Item, Result]):
         return WorkerFailure(process.name, process.exitcode, error)
 
     def stop(self) -> None:
-        """Interrupt every worker still running: each cleans up its item, then exits."""
-        for process in self._workers.values():
+        """Interrupt every worker still running: each cleans up its item, then exits; one that
+        is still running after :data:`_STOP_SECONDS` is killed."""
+        started = [p for p in self._workers.values() if p.pid is not None and p.is_alive()]
+        for process in started:
+            process.terminate()
+        deadline = time.monotonic() + _STOP_SECONDS
+        for process in started:
+            process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                process.terminate()
+                process.kill()
 
     def join(self) -> None:
-        """Wait for every worker to end and close the pipes."""
+        """Wait for every started worker to end and close the pipes."""
         for conn, process in self._workers.items():
-            process.join()
+            if process.pid is not None:
+                process.join()
             conn.close()
 
 
@@ -214,15 +236,31 @@ def _hand_out(conn: Connection, items: Iterator[tuple[int, Any]]) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # The parent's stop and its death can both signal: a second interrupt would cut short the
+    # clean-up the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
+def _watch_parent(parent: BaseProcess) -> None:
+    """Interrupt this worker as the parent's SIGTERM would once the parent has ended."""
+    parent.join()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _set_up_worker(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # A spawned worker holds the read end of a pipe whose write end only the parent holds, so the
+    # parent's end (even by SIGKILL) wakes this thread at once, on every platform. Linux's
+    # PR_SET_PDEATHSIG would add nothing: its signal ends in the same handler as this one's.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        name = "valleys-parent-watch"
+        threading.Thread(target=_watch_parent, args=(parent,), name=name, daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _serve(work: Callable[[Any], Any], conn: Connection, threads: int) -> None:
@@ -239,8 +277,8 @@ def _serve(work: Callable[[Any], Any], conn: Connection, threads: int) -> None:
             conn.send((index, True, result, None))
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
-    except EOFError:
-        return  # the parent is gone: nobody is left to work for
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone: nobody is left to work for, or to tell
 
 
 def _picklable(exc: Exception) -> Exception:

@@ -1,7 +1,9 @@
 """The run in progress: what the epoch loop works on, and how it is saved, restored and summed up.
 
 A checkpoint holds the model, optimizer, scheduler and RNG states and the :class:`Progress`; with
-those restored a run continues exactly where it stopped. FSDP runs save model and optimizer with
+those restored a run continues exactly where it stopped. An optimizer with train/eval modes
+(Schedule-Free) is saved in eval mode, so the checkpoint's model holds the weights that are
+evaluated (and measured by ``valleys flatness``). FSDP runs save model and optimizer with
 ``torch.distributed.checkpoint`` (a folder of shards next to ``checkpoint.pt``), which loads into
 any world size, one process included.
 """
@@ -127,12 +129,27 @@ class RunState:
         """Where the checkpoint is (None when nothing is written)."""
         return self.out / CHECKPOINT_FILE if self.out is not None else None
 
+    def optimizer_mode(self, *, training: bool) -> None:
+        """Put the optimizer in train mode (for steps) or eval mode (for anything else).
+
+        Only optimizers the registry marks with ``modes`` (Schedule-Free) have them: their
+        parameters are the point gradients are taken at in train mode and the averaged weights,
+        the ones to evaluate, in eval mode. Switching to the mode it is in changes nothing.
+        """
+        from valleys.optim import optimizer_info
+
+        if optimizer_info(self.config.optimizer).modes:
+            mode = self.optimizer.train if training else self.optimizer.eval  # type: ignore[attr-defined]
+            mode()
+
 
 def save_run_checkpoint(state: RunState, path: Path) -> None:
     """Save the state after ``state.progress.epoch`` to ``path``.
 
-    Only rank 0 writes ``path``; every rank writes its shards of an FSDP checkpoint.
+    Only rank 0 writes ``path``; every rank writes its shards of an FSDP checkpoint. The optimizer
+    is put in eval mode first (see :meth:`RunState.optimizer_mode`).
     """
+    state.optimizer_mode(training=False)
     epoch = state.progress.epoch
     payload: dict[str, Any] = {
         "fingerprint": state.config.fingerprint(),

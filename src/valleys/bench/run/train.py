@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from valleys.bench.run.batches import steps_per_epoch
-from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.bench.run.checkpoint import (
+    RunFileWarning,
+    remove_stale_temporaries,
+    writable_dir,
+    write_json_atomic,
+)
 from valleys.bench.run.config import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -69,7 +75,8 @@ def train(
         out_dir: where to write the config, metrics, checkpoints and result (None: nothing written,
             no checkpoints, no resume).
         resume: continue from ``out_dir``'s checkpoint when there is one (else start afresh). Without
-            it, an ``out_dir`` that already holds a run is refused rather than overwritten.
+            it, an ``out_dir`` that already holds a run is refused rather than overwritten. The
+            temporary files of writes a kill cut short are deleted when a run starts in ``out_dir``.
         task: the task, already built (e.g. shared by many runs); built from ``config`` if None.
         quiet: no progress bar and no per-epoch lines.
         log: receives the per-epoch lines instead of stderr.
@@ -85,8 +92,11 @@ def train(
         its last good epoch.
 
     Raises:
-        ValueError: an invalid configuration (the message names the field).
+        ValueError: an invalid configuration (the message names the field), an optimizer argument
+            the optimizer does not take, or a checkpoint with more epochs than ``config.epochs``.
         FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        OSError: ``out_dir`` cannot be written (checked before training) or a write failed; the
+            message names the file, and the files already written stay as they were.
         CheckpointError: the checkpoint is corrupt or belongs to another configuration.
         KeyboardInterrupt: after writing ``result.json`` with status ``"interrupted"``; the last
             checkpoint is left as it was.
@@ -97,39 +107,57 @@ def train(
     task = task.with_data(task.train.to(device), task.test.to(device))
     epoch_steps = steps_per_epoch(len(task.train), config.batch_size)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        _prepare_out_dir(out, resume)
-        # No rank may find the files rank 0 is about to write.
-        ranks.barrier()
     reporting = Reporting(quiet=quiet or not ranks.lead, log=log, on_epoch=on_epoch)
     with _deterministic(device):
+        # Built before the folder is touched: a bad optimizer argument leaves no folder behind.
         state = _set_up(config, task, ranks, device, out, reporting, epoch_steps)
+        if out is not None:
+            _prepare_out_dir(out, resume, ranks.lead)
+            # No rank may find the files rank 0 is about to write.
+            ranks.barrier()
         checkpoint = state.checkpoint_path
         if resume and checkpoint is not None and checkpoint.exists():
-            restore_checkpoint(state, checkpoint)
+            _restore(state, checkpoint)
         if out is not None and ranks.lead:
             write_json_atomic(out / CONFIG_FILE, config.to_dict())
             reporting.metrics_log = MetricsLog(
                 out / METRICS_FILE,
-                history=resumed_records(out, state.progress) if resume else (),
+                history=_resumed_log(out, state) if resume else (),
                 tensorboard_dir=out / "tensorboard",
             )
         return _run(state)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
-    """The optimizer of ``config`` from :func:`valleys.optim.create_optimizer`, lr scaled."""
-    from valleys.optim import create_optimizer
+    """The optimizer of ``config`` from :func:`valleys.optim.create_optimizer`, lr scaled.
+
+    ``clip_grad_norm`` goes to an optimizer that clips itself as its ``max_grad_norm`` (the loop
+    then does not clip). An optimizer that applies E records its telemetry (``e_telemetry``).
+    """
+    from valleys.optim import create_optimizer, optimizer_info
 
     lr = scale_lr(config.lr, config.batch_size, config.base_batch_size, config.lr_scaling)
-    return create_optimizer(
-        config.optimizer,
-        model,
-        lr=lr,
-        batch_size=config.batch_size,
-        weight_decay=config.weight_decay,
-        **config.optimizer_args,
-    )
+    clip: dict[str, float] = {}
+    if config.clip_grad_norm is not None and config.clips_inside:
+        clip["max_grad_norm"] = config.clip_grad_norm
+    try:
+        optimizer = create_optimizer(
+            config.optimizer,
+            model,
+            lr=lr,
+            batch_size=config.batch_size,
+            weight_decay=config.weight_decay,
+            **clip,
+            **config.optimizer_args,
+        )
+    except TypeError as exc:
+        # An argument the optimizer does not take is the user's input, not a bug.
+        raise ValueError(
+            f"optimizer {config.optimizer!r} rejects optimizer_args {config.optimizer_args}: {exc}"
+        ) from None
+    if optimizer_info(config.optimizer).explores:
+        optimizer.enable_telemetry()  # type: ignore[attr-defined]
+    return optimizer
 
 
 def _task_for(config: TrainConfig, task: Task | None) -> Task:
@@ -141,15 +169,46 @@ def _task_for(config: TrainConfig, task: Task | None) -> Task:
     return task
 
 
-def _prepare_out_dir(out: Path, resume: bool) -> None:
-    if resume:
-        return
-    taken = [name for name in (CHECKPOINT_FILE, RESULT_FILE) if (out / name).exists()]
-    if taken:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(taken)}): resume it, or choose another "
-            "output directory"
+def _prepare_out_dir(out: Path, resume: bool, lead: bool) -> None:
+    """Refuse to start a new run over an old one; check that ``out`` is writable before training;
+    clear the temporary files a kill during a write left."""
+    if not resume:
+        taken = [name for name in (CHECKPOINT_FILE, RESULT_FILE) if (out / name).exists()]
+        if taken:
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(taken)}): resume it, or choose another "
+                "output directory"
+            )
+    if lead:
+        writable_dir(out)
+        remove_stale_temporaries(out)
+
+
+def _restore(state: RunState, checkpoint: Path) -> None:
+    """Continue from ``checkpoint``, which must not hold more epochs than the run is to train."""
+    restore_checkpoint(state, checkpoint)
+    done, epochs = state.progress.epoch, state.config.epochs
+    if done > epochs:
+        raise ValueError(
+            f"cannot resume {checkpoint.parent} for epochs={epochs}: its checkpoint has {done} "
+            f"epochs completed; resume it with epochs >= {done}"
         )
+
+
+def _resumed_log(out: Path, state: RunState) -> list[dict[str, Any]]:
+    """The records a resumed run's log starts with; a warning if step records up to its checkpoint
+    are missing (a log cut short), since the log cannot get them back."""
+    records = resumed_records(out, state.progress)
+    logged = sum(1 for r in records if r.get("kind") == "step")
+    if logged < state.progress.step:
+        warnings.warn(
+            f"{out / METRICS_FILE} holds {logged} of the {state.progress.step} step records up "
+            "to the checkpoint (the file was cut short?); the run continues without the missing "
+            "ones",
+            RunFileWarning,
+            stacklevel=3,
+        )
+    return records
 
 
 def _set_up(

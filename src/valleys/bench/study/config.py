@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from valleys.bench.run.config import TrainConfig
 
 __all__ = [
+    "DB_FILE",
     "KINDS",
     "OBJECTIVES",
     "STUDY_FILE",
@@ -59,6 +60,9 @@ TRAINING_KEYS = (
 
 STUDY_FILE = "study.json"
 """Written into a study's output directory: its name, storage and configuration, for reports."""
+
+DB_FILE = "study.db"
+"""A study's SQLite storage in its output directory, unless the study uses another database."""
 
 QUICK_TRAIN_LIMIT = 2048
 QUICK_TEST_LIMIT = 512

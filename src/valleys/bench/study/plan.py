@@ -16,7 +16,6 @@ from valleys.bench.study.points import UnitPlan, param_key
 from valleys.bench.study.storage import (
     META_ATTR,
     RUN_KEY_ATTR,
-    cached,
     open_storage,
     quiet_optuna,
     study_id,
@@ -24,21 +23,20 @@ from valleys.bench.study.storage import (
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import BaseStorage
+    from optuna.storages import BaseStorage, RDBStorage
     from optuna.trial import FrozenTrial
 
 __all__ = ["StudyProgress", "prepare", "progress", "study_storage", "trial_key"]
 
 
-def study_storage(config: StudyConfig, url: str) -> BaseStorage:
-    """The storage at ``url`` with ``config``'s heartbeat and retry settings, as workers use it."""
-    return cached(
-        open_storage(
-            url,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            max_retry=config.max_retry,
-        )
+def study_storage(config: StudyConfig, url: str) -> RDBStorage:
+    """The storage at ``url`` with ``config``'s heartbeat and retry settings, as workers use it
+    (wrapped by :func:`~valleys.bench.study.storage.cached`)."""
+    return open_storage(
+        url,
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
+        max_retry=config.max_retry,
     )
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from valleys.bench.study.config import STUDY_FILE, maximizes, worst_value
+from valleys.bench.study.config import DB_FILE, STUDY_FILE, maximizes, worst_value
 from valleys.bench.study.errors import StudyError
 from valleys.bench.study.points import param_key
-from valleys.bench.study.storage import META_ATTR, open_storage, study_id
+from valleys.bench.study.storage import META_ATTR, open_storage, sqlite_url, study_id
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -120,7 +120,7 @@ def load_results(url: str, name: str) -> list[UnitResult]:
     Raises:
         StudyError: the storage cannot be opened or holds no study of that name.
     """
-    storage = open_storage(url)
+    storage = open_storage(url, create=False)
     units = []
     for summary in storage.get_all_studies():
         meta = summary.user_attrs.get(META_ATTR)
@@ -169,8 +169,12 @@ def _seed_result(record: Mapping[str, Any], maximize: bool) -> SeedResult:
 
 
 def study_location(folder: str | os.PathLike[str], storage: str | None = None) -> tuple[str, str]:
-    """(storage URL, study name) of the study in ``folder`` (its ``study.json``); ``storage``
-    overrides the recorded URL.
+    """(storage URL, study name) of the study in ``folder`` (its ``study.json``).
+
+    The storage is ``storage`` if given; else, for a study stored in SQLite, the folder's own
+    ``study.db`` when it has one: a copied or moved folder keeps its database but not the absolute
+    path recorded in ``study.json``, which would read the original's (or no) data. Otherwise the
+    recorded URL.
 
     Raises:
         StudyError: the folder holds no study, or its recorded URL hides a password and no
@@ -181,6 +185,9 @@ def study_location(folder: str | os.PathLike[str], storage: str | None = None) -
         raise StudyError(f"{folder} holds no study ({STUDY_FILE} missing)")
     data = json.loads(path.read_text())
     url = storage or data["storage"]
+    own = Path(folder) / DB_FILE
+    if storage is None and own.is_file() and url.startswith("sqlite"):
+        url = sqlite_url(own)
     if "***" in url:
         raise StudyError(
             f"the storage URL in {path} hides its password ({url}); pass it with --storage"

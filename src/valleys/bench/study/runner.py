@@ -42,11 +42,11 @@ from pathlib import Path
 
 from valleys.bench.run.checkpoint import write_json_atomic
 from valleys.bench.run.pool import run_pool
-from valleys.bench.study.config import STUDY_FILE, StudyConfig
+from valleys.bench.study.config import DB_FILE, STUDY_FILE, StudyConfig
 from valleys.bench.study.errors import StudyError
 from valleys.bench.study.plan import StudyProgress, prepare, progress, study_storage
 from valleys.bench.study.points import UnitPlan
-from valleys.bench.study.storage import redact_url
+from valleys.bench.study.storage import redact_url, sqlite_url
 from valleys.bench.study.worker import work, work_in_process
 
 __all__ = ["default_out_dir", "run_study", "storage_url"]
@@ -58,11 +58,8 @@ def default_out_dir(config: StudyConfig) -> Path:
 
 
 def storage_url(config: StudyConfig, folder: str | os.PathLike[str], storage: str | None) -> str:
-    """The database a study uses: ``storage``, else the config's, else ``<folder>/study.db``.
-
-    The SQLite path is made absolute so that spawned workers and later reports find the same file.
-    """
-    return storage or config.storage or f"sqlite:///{(Path(folder) / 'study.db').resolve()}"
+    """The database a study uses: ``storage``, else the config's, else ``<folder>/study.db``."""
+    return storage or config.storage or sqlite_url(Path(folder) / DB_FILE)
 
 
 def run_study(

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from valleys.bench.study.errors import StudyError
@@ -20,10 +23,12 @@ __all__ = [
     "META_ATTR",
     "RUN_KEY_ATTR",
     "cached",
+    "heartbeat_ages",
     "open_storage",
     "quiet_optuna",
     "redact_url",
     "retry_callback",
+    "sqlite_url",
     "study_id",
 ]
 
@@ -32,6 +37,12 @@ META_ATTR = "valleys"
 
 RUN_KEY_ATTR = "run_key"
 """The trial attribute naming the folder of its runs."""
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The URL of the SQLite file at ``path``, made absolute so that spawned workers and later
+    reports find the same file."""
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 def redact_url(url: str) -> str:
@@ -62,6 +73,7 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int = 0,
+    create: bool = True,
 ) -> RDBStorage:
     """The study's Optuna storage, with heartbeats and the retry callback when
     ``heartbeat_interval`` is given (workers), without for readers; fails clearly.
@@ -69,21 +81,30 @@ def open_storage(
     On SQLite every transaction starts with ``BEGIN IMMEDIATE``: Python's driver otherwise starts
     transactions only at the first write, so two workers could both read a trial as ``WAITING`` and
     both take it. PostgreSQL locks the row (``SELECT ... FOR UPDATE``) and needs nothing extra.
+    A new SQLite file gets its tables from one process at a time (see :func:`_creation_lock`).
+
+    Args:
+        create: False for readers: a SQLite file that does not exist is an error, not created.
 
     Raises:
-        StudyError: the URL is malformed, its driver is missing, or the database cannot be reached.
+        StudyError: the URL is malformed, its driver is missing, the database cannot be reached,
+            or (``create=False``) the SQLite file does not exist.
     """
     import optuna
     import sqlalchemy
     from optuna.storages import RDBStorage
 
     try:
-        dialect = sqlalchemy.engine.make_url(url).get_backend_name()
+        parsed = sqlalchemy.engine.make_url(url)
+        dialect = parsed.get_backend_name()
     except Exception as exc:
         raise StudyError(f"invalid storage URL {redact_url(url)!r}: {exc}") from None
+    database = parsed.database if dialect == "sqlite" and parsed.database != ":memory:" else None
+    if database and not create and not Path(database).is_file():
+        raise StudyError(f"no study database at {database}")
     heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _creation_lock(database):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **heartbeat)
     except ImportError as exc:
@@ -99,6 +120,26 @@ def open_storage(
     if dialect == "sqlite":
         _begin_immediate(storage.engine)
     return storage
+
+
+@contextlib.contextmanager
+def _creation_lock(database: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` (a SQLite file), or do nothing.
+
+    Optuna creates a storage's tables and stamps its schema version without a lock: two processes
+    opening a new file at the same moment race, and one fails ("UNIQUE constraint failed:
+    alembic_version.version_num", "table ... already exists"). Held while the storage is opened,
+    the lock makes the second process find the tables complete. Windows has no ``flock``; there the
+    race stays (studies share storage through a database server rather than SQLite anyway).
+    """
+    if database is None or sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def _engine_kwargs(dialect: str) -> dict[str, Any]:
@@ -152,6 +193,27 @@ def cached(storage: RDBStorage) -> BaseStorage:
     from optuna.storages import get_storage
 
     return get_storage(storage)
+
+
+def heartbeat_ages(storage: RDBStorage, trial_ids: Collection[int]) -> dict[int, float]:
+    """Seconds since each trial's last heartbeat, by the database's clock as Optuna measures
+    staleness; trials without a heartbeat are left out. Optuna has no public reader for them."""
+    import sqlalchemy
+
+    table = sqlalchemy.table(
+        "trial_heartbeats",
+        sqlalchemy.column("trial_id", sqlalchemy.Integer),
+        sqlalchemy.column("heartbeat", sqlalchemy.DateTime),
+    )
+    query = sqlalchemy.select(table.c.trial_id, table.c.heartbeat).where(
+        table.c.trial_id.in_(list(trial_ids))
+    )
+    with storage.engine.connect() as connection:
+        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        rows = connection.execute(query).all()
+    # PostgreSQL answers with time zones, SQLite without (Optuna drops them too).
+    now = now.replace(tzinfo=None)
+    return {trial: (now - beat.replace(tzinfo=None)).total_seconds() for trial, beat in rows}
 
 
 def study_id(storage: BaseStorage, study_name: str) -> int:

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,18 @@ from valleys.bench.study.errors import StudyConfigError, StudyError
 from valleys.bench.study.plan import progress, study_storage, trial_key
 from valleys.bench.study.points import StudyUnit, UnitPlan
 from valleys.bench.study.spaces import PARAMETERS, Range
-from valleys.bench.study.storage import RUN_KEY_ATTR, quiet_optuna, retry_callback, study_id
+from valleys.bench.study.storage import (
+    RUN_KEY_ATTR,
+    cached,
+    heartbeat_ages,
+    quiet_optuna,
+    retry_callback,
+    study_id,
+)
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import BaseStorage
+    from optuna.storages import BaseStorage, RDBStorage
     from optuna.trial import FrozenTrial, Trial
 
     from valleys.bench.run.config import RunResult
@@ -65,8 +73,8 @@ class _Heartbeat:
 
 def _runnable(
     trials: Sequence[FrozenTrial], planned: frozenset[tuple[tuple[str, float], ...]]
-) -> tuple[list[FrozenTrial], bool]:
-    """The ``WAITING`` trials of the plan a worker may take, and whether any planned one is running.
+) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+    """The ``WAITING`` trials of the plan a worker may take, and the planned ones running.
 
     A waiting trial is left alone when a lower-numbered trial with the same point is waiting,
     running or complete (a duplicate from racing planners, never run) or when its point is not in
@@ -75,7 +83,8 @@ def _runnable(
     from optuna.trial import TrialState
 
     claimed = set()
-    runnable, running = [], False
+    runnable: list[FrozenTrial] = []
+    running: list[FrozenTrial] = []
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state == TrialState.FAIL:
             continue
@@ -84,7 +93,8 @@ def _runnable(
         claimed.add(key)
         if key not in planned:
             continue
-        running |= trial.state == TrialState.RUNNING
+        if trial.state == TrialState.RUNNING:
+            running.append(trial)
         if trial.state == TrialState.WAITING and first:
             runnable.append(trial)
     return runnable, running
@@ -119,21 +129,22 @@ def _load_task(config: StudyConfig) -> Task:
 
 def work(config: StudyConfig, out: Path, url: str, *, quiet: bool) -> int:
     """Take and run planned trials until none is waiting or running; return how many ran."""
-    storage = study_storage(config, url)
     plans = config.plan()
     # The data is loaded before any trial is taken, so a missing data set fails no trial.
-    worker = _Worker(config, out, storage, plans, _load_task(config), quiet)
+    worker = _Worker(config, out, study_storage(config, url), plans, _load_task(config), quiet)
     ran = 0
     poll = min(config.heartbeat_interval, 5)
+    shown: frozenset[int] = frozenset()
     while True:
-        taken, busy = worker.take()
+        taken, held = worker.take()
         if taken is not None:
             worker.run_trial(*taken)
             ran += 1
             continue
-        if not busy:
+        if not held:
             return ran
-        # Another worker is running the rest; wait in case it dies and its trial comes back.
+        # Other workers are running the rest; wait in case one dies and its trial comes back.
+        shown = worker.show_wait(held, shown)
         time.sleep(poll)
 
 
@@ -158,7 +169,7 @@ class _Worker:
         self,
         config: StudyConfig,
         out: Path,
-        storage: BaseStorage,
+        rdb: RDBStorage,
         plans: Sequence[UnitPlan],
         task: Task,
         quiet: bool,
@@ -167,7 +178,8 @@ class _Worker:
 
         self.config = config
         self.out = out
-        self.storage = storage
+        self.rdb = rdb
+        storage = self.storage = cached(rdb)
         self.plans = plans
         self.task = task
         self.quiet = quiet
@@ -182,23 +194,49 @@ class _Worker:
             }
         self.study_ids = {plan.unit: study_id(storage, plan.unit.study_name) for plan in plans}
 
-    def take(self) -> tuple[tuple[UnitPlan, int] | None, bool]:
-        """A trial this worker now holds (its unit and id) if any, and whether work remains."""
+    def take(self) -> tuple[tuple[UnitPlan, int] | None, list[tuple[UnitPlan, FrozenTrial]]]:
+        """A trial this worker now holds (its unit and id) if any, and the planned trials other
+        workers hold (none: no work remains)."""
         import optuna
         from optuna.storages import fail_stale_trials
 
-        busy = False
+        held = []
         for plan in self.plans:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(self.studies[plan.unit])
             trials = self.storage.get_all_trials(self.study_ids[plan.unit], deepcopy=False)
             candidates, running = _runnable(trials, plan.keys)
-            busy |= running or bool(candidates)
             trial_id = _take(self.storage, self.study_ids[plan.unit], candidates)
             if trial_id is not None:
-                return (plan, trial_id), True
-        return None, busy
+                return (plan, trial_id), held
+            # Candidates not taken were just taken by others.
+            held += [(plan, trial) for trial in (*running, *candidates)]
+        return None, held
+
+    def show_wait(
+        self, held: Sequence[tuple[UnitPlan, FrozenTrial]], shown: frozenset[int]
+    ) -> frozenset[int]:
+        """Say which trials this worker waits for and when they would be retried here, once per
+        set of trials (``shown``, the last one said); return the set now said."""
+        ids = {
+            self.storage.get_trial_id_from_study_id_trial_number(
+                self.study_ids[plan.unit], trial.number
+            ): f"#{trial.number} of {plan.unit.study_name}"
+            for plan, trial in held
+        }
+        if self.quiet or frozenset(ids) == shown:
+            return frozenset(ids)
+        # The longest silent trial goes stale first.
+        silent = max(heartbeat_ages(self.rdb, ids).values(), default=0.0)
+        retry = datetime.now() + timedelta(seconds=max(0.0, self.config.grace_period - silent))
+        print(
+            f"valleys study: waiting for trial(s) {', '.join(ids.values())}, held by other "
+            f"workers (last heartbeat {silent:.0f} s ago); if one's worker is gone, it is retried "
+            f"here from {retry:%H:%M:%S} ({self.config.grace_period} s without a heartbeat)",
+            flush=True,
+        )
+        return frozenset(ids)
 
     def run_trial(self, plan: UnitPlan, trial_id: int) -> None:
         """Run every seed of the trial, then complete it, or fail it on an error."""
@@ -206,24 +244,25 @@ class _Worker:
 
         unit, study = plan.unit, self.studies[plan.unit]
         started = time.perf_counter()
-        frozen = self.storage.get_trial(trial_id)
+        trial = Trial(study, trial_id)
         with _Heartbeat(self.storage, trial_id, self.config.heartbeat_interval):
-            trial = Trial(study, trial_id)
-            params, seeds = _suggest(trial, frozen, self.config, unit)
-            run_key = frozen.user_attrs.get(RUN_KEY_ATTR) or ",".join(
-                f"{k}={v!r}" for k, v in params.items()
-            )
             try:
-                records, values = self._train(unit, params, seeds, run_key)
+                frozen = self.storage.get_trial(trial_id)
+                params, seeds = _suggest(trial, frozen, self.config, unit)
+                run_key = frozen.user_attrs.get(RUN_KEY_ATTR) or ",".join(
+                    f"{k}={v!r}" for k, v in params.items()
+                )
+                try:
+                    records, values = self._train(unit, params, seeds, run_key)
+                except Exception as exc:
+                    self._fail(study, trial, unit, params, exc)
+                    return
             except KeyboardInterrupt:
                 # Failed and re-queued at once, so a rerun resumes it without waiting for the
                 # grace period to expire.
                 study.tell(trial, state=TrialState.FAIL)
                 retry_callback(self.config.max_retry)(study, self.storage.get_trial(trial_id))
                 raise
-            except Exception as exc:
-                self._fail(study, trial, unit, params, exc)
-                return
             attrs = _trial_attrs(records)
             value = statistics.fmean(values)
             if not self._complete(study, trial, attrs, value, frozen.number, unit):
