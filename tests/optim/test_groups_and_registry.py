@@ -172,3 +172,10 @@ def test_every_registered_optimizer_trains_a_model() -> None:
 def test_bad_batch_size() -> None:
     with pytest.raises(ValueError, match="Invalid batch_size: 0; expected a positive integer"):
         create_optimizer("alto", Net(), lr=1e-3, batch_size=0)
+
+
+def test_a_default_clip_of_zero_counts_as_no_clip() -> None:
+    # pytorch_optimizer's Adan defaults max_grad_norm to 0.0, meaning "do not clip".
+    assert not optimizer_info("adan").clips and optimizer_info("adan").default_clip is None
+    assert optimizer_info("alto").clips and optimizer_info("alto").default_clip == 1.0
+    assert not optimizer_info("adamw").clips

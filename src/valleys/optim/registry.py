@@ -112,7 +112,13 @@ class OptimizerInfo:
     @property
     def clips(self) -> bool:
         """Whether it clips the global gradient norm unless told otherwise."""
-        return self.default("max_grad_norm") is not None
+        return self.default_clip is not None
+
+    @property
+    def default_clip(self) -> float | None:
+        """The global gradient-norm clip it applies unless told otherwise; None: none. A default
+        of 0 is some packages' way of saying none (pytorch_optimizer's Adan)."""
+        return self.default("max_grad_norm") or None
 
     def default(self, arg: str, fallback: Any = None) -> Any:
         """The value ``arg`` takes when not given: the entry's default, else the constructor's."""

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from valleys.bench.analysis.e_telemetry import e_series, plot_e_telemetry
-from valleys.bench.run.checkpoint import atomic_write_bytes
+from valleys.bench.run.checkpoint import atomic_write_bytes, read_json
 from valleys.bench.run.config import EFFECTIVE_CLIP, RunResult, TrainConfig
 
 __all__ = [
@@ -518,7 +518,6 @@ def write_report(
 
 def _flatness_lines(results: Sequence[RunResult]) -> list[str]:
     """A section on the flatness of every run's end point that ``valleys flatness`` measured."""
-    import json
 
     from valleys.bench.analysis.flatness_runs import FLATNESS_FILE
 
@@ -527,7 +526,7 @@ def _flatness_lines(results: Sequence[RunResult]) -> list[str]:
         path = Path(run.out_dir) / FLATNESS_FILE if run.out_dir else None
         if path is None or not path.is_file():
             continue
-        f = json.loads(path.read_text())
+        f = read_json(path)
         top = f"{f['top_eigenvalue']:.4g}" if f["top_eigenvalue"] is not None else "not converged"
         rows.append(
             f"| {run.config['optimizer']} | {run.config['lr']:g} | {run.config['seed']} | {top} | "

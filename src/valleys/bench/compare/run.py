@@ -28,7 +28,7 @@ import torch
 
 from valleys.bench.compare.report import OptimizerSummary, format_table, summarise, write_report
 from valleys.bench.run.batches import steps_per_epoch
-from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.bench.run.checkpoint import read_json, write_json_atomic
 from valleys.bench.run.config import (
     RESULT_FILE,
     RunResult,
@@ -207,7 +207,11 @@ def load_compare_config(out_dir: str | os.PathLike[str]) -> CompareConfig:
     path = Path(out_dir) / COMPARE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} is not a comparison directory ({COMPARE_FILE} missing)")
-    return CompareConfig.from_dict(json.loads(path.read_text()))
+    data = read_json(path)
+    try:
+        return CompareConfig.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid comparison configuration: {exc}") from None
 
 
 def _check_fits(config: CompareConfig, task: Task) -> None:
@@ -462,8 +466,11 @@ def rerender(out_dir: str | os.PathLike[str]) -> tuple[Path, str]:
     path = out / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no stored results ({RESULTS_FILE} missing)")
-    stored = json.loads(path.read_text())
-    results = [RunResult.from_dict(r) for r in stored["runs"]]
+    stored = read_json(path)
+    try:
+        results = [RunResult.from_dict(r) for r in stored["runs"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} does not hold stored comparison results: {exc}") from None
     summaries = summarise(results)
     target = next((r.target for r in results), None)
     report = write_report(out, stored["config"], results, target=target)

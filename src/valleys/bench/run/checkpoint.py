@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -78,7 +79,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = _create_temporary(path)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
@@ -93,6 +94,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if isinstance(exc, OSError):
             raise _write_error(path, exc) from exc
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` matching :data:`_TEMPORARY`, opened for writing.
+
+    Not ``tempfile.mkstemp``: it creates files with mode 0600, while a run's results are meant to
+    be readable as a plain ``open()`` leaves them (0666 less the umask).
+    """
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
 
 
 def _write_error(path: Path, exc: OSError) -> OSError:

@@ -177,15 +177,13 @@ class TrainConfig:
     @property
     def effective_clip_grad_norm(self) -> float | None:
         """The one global gradient-norm clip of this run: ``clip_grad_norm`` when set, else the
-        optimizer's own (``max_grad_norm`` in ``optimizer_args``, else its default); None: none.
-        A default of 0 is some packages' way of saying none (pytorch_optimizer's Adan)."""
+        optimizer's own (``max_grad_norm`` in ``optimizer_args``, else the registry's
+        ``default_clip``); None: none, also for a given 0."""
         from valleys.optim import optimizer_info
 
         if self.clip_grad_norm is not None or not self.clips_inside:
             return self.clip_grad_norm
-        own = self.optimizer_args.get(
-            "max_grad_norm", optimizer_info(self.optimizer).default("max_grad_norm")
-        )
+        own = self.optimizer_args.get("max_grad_norm", optimizer_info(self.optimizer).default_clip)
         return own or None
 
     def to_dict(self) -> dict[str, Any]:

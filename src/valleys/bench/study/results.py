@@ -8,7 +8,6 @@ diverged seed scores the worst possible value.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from valleys.bench.run.checkpoint import read_json
 from valleys.bench.study.config import DB_FILE, STUDY_FILE, maximizes, worst_value
 from valleys.bench.study.errors import StudyError
 from valleys.bench.study.points import param_key
@@ -183,7 +183,9 @@ def study_location(folder: str | os.PathLike[str], storage: str | None = None) -
     path = Path(folder) / STUDY_FILE
     if not path.is_file():
         raise StudyError(f"{folder} holds no study ({STUDY_FILE} missing)")
-    data = json.loads(path.read_text())
+    data = read_json(path)
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("storage"), str):
+        raise StudyError(f"{path} does not describe a study (its 'name' or 'storage' is missing)")
     url = storage or data["storage"]
     own = Path(folder) / DB_FILE
     if storage is None and own.is_file() and url.startswith("sqlite"):
