@@ -16,6 +16,8 @@ from .optim import (
     param_groups,
 )
 
+# The one place the version is defined: the build reads this literal (pyproject.toml's dynamic
+# version), `valleys --version` prints it. Bump it with a CHANGELOG.md entry.
 __version__ = "0.1.0"
 
 __all__ = [

@@ -179,3 +179,12 @@ def test_a_default_clip_of_zero_counts_as_no_clip() -> None:
     assert not optimizer_info("adan").clips and optimizer_info("adan").default_clip is None
     assert optimizer_info("alto").clips and optimizer_info("alto").default_clip == 1.0
     assert not optimizer_info("adamw").clips
+
+
+def test_auto_e_options_reach_explore_not_the_wrapped_optimizer() -> None:
+    model = torch.nn.Linear(4, 2)
+    opt = create_optimizer(
+        "e_adamw", model, lr=1e-3, alpha="auto", target_perturbation=0.05, explore_foreach=False
+    )
+    assert isinstance(opt, Explore)
+    assert all(g["explore_target_perturbation"] == 0.05 for g in opt.param_groups)

@@ -20,7 +20,7 @@ from valleys.commands._common import (
     positive_int,
 )
 
-__all__ = ["add_training_options", "given_options"]
+__all__ = ["add_tensorboard_option", "add_training_options", "given_options"]
 
 
 def add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) -> None:
@@ -40,7 +40,20 @@ def add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) -
             "--batch-size stays the global batch",
         )
     _add_run_options(run)
+    add_tensorboard_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+
+
+def add_tensorboard_option(parser: argparse.ArgumentParser) -> None:
+    """``--tensorboard``, for every command that trains (``train``, ``compare``, ``study``)."""
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        # None when not given, so that a resumed run keeps its stored choice.
+        default=None,
+        help="also write each run's metrics (loss, accuracy, lr, E's e_perturbation and e_cosine) "
+        "as TensorBoard events in its folder's tensorboard/ (needs valleys[integrations])",
+    )
 
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from valleys import __version__
 from valleys.commands._common import run_command
 from valleys.commands.bench_step import add_bench_step_parser
 from valleys.commands.compare import add_compare_parser
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="valleys",
         description="Train and compare optimizers (ALTO, Lamb, AdamW, SGD, ...) on real data.",
     )
+    parser.add_argument("--version", action="version", version=f"valleys {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The order of the help's command list.
     for add in (

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from valleys.commands._common import EXIT_ERROR, fail, positive_int
+from valleys.commands._training import add_tensorboard_option
 
 __all__ = ["add_study_parser", "study_command"]
 
@@ -43,6 +44,7 @@ def add_study_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage", help="database URL, e.g. postgresql://user@host/db (default: the config's)"
     )
+    add_tensorboard_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=study_command)
     return parser
@@ -65,7 +67,14 @@ def study_command(args: argparse.Namespace) -> int:
         jobs = args.jobs or default_jobs()
         again = _rerun_command(args, out, jobs)
         try:
-            progress = run_study(config, out, jobs=jobs, storage=args.storage, quiet=args.quiet)
+            progress = run_study(
+                config,
+                out,
+                jobs=jobs,
+                storage=args.storage,
+                quiet=args.quiet,
+                tensorboard=bool(args.tensorboard),
+            )
         except KeyboardInterrupt:
             print(f"resume with: {again}", file=sys.stderr)
             raise
@@ -89,5 +98,6 @@ def _rerun_command(args: argparse.Namespace, out: Path, jobs: int) -> str:
     words = ["valleys", "study", args.config, "--out", str(out), "--jobs", str(jobs)]
     if args.storage:
         words += ["--storage", redact_url(args.storage)]
-    words += [flag for flag, on in (("--quick", args.quick), ("--quiet", args.quiet)) if on]
+    flags = (("--quick", args.quick), ("--quiet", args.quiet), ("--tensorboard", args.tensorboard))
+    words += [flag for flag, on in flags if on]
     return shlex.join(words)

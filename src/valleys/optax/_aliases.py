@@ -135,10 +135,12 @@ def alto(
         alpha: E's α (0 turns E off: then this is :func:`lamb` with these betas).
         eps: ε1, added to :math:`\sqrt{\hat v}`.
         weight_decay: λ, decoupled, added to r before the trust ratio.
-        eps2, eps3: the trust ratio's ε2 and ε3.
+        eps2: the trust ratio's ε2.
+        eps3: the trust ratio's ε3.
         bias_correction: divide the moments by :math:`1-\beta^k` (False: ALTO Vanilla).
         max_grad_norm: clip the global gradient norm first (torch's way); None: no clipping.
-        weight_decay_mask, trust_ratio_mask: where decay / the trust ratio apply (see above).
+        weight_decay_mask: where decay applies (see above).
+        trust_ratio_mask: where the trust ratio applies (see above).
     """
     check_betas(betas, ("beta1", "beta2", "beta3"))
     return _layerwise(

@@ -15,16 +15,22 @@ from .registry import (
     explore_defaults,
     optimizer_info,
 )
+from .schedules import ConstantE, CosineE, EScheduler, LambdaE, LinearE
 
 __all__ = [
     "ALTO",
     "ESGD",
     "LARGE_BATCH",
     "NORM_MODULES",
+    "ConstantE",
+    "CosineE",
     "EAdam",
     "EAdamW",
+    "EScheduler",
     "Explore",
     "Lamb",
+    "LambdaE",
+    "LinearE",
     "MuonAdamW",
     "OptimizerInfo",
     "alto",

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _functional as F
+from . import auto_e
 from ._sharding import local, sharded_norms
 from ._telemetry import ETelemetry
 from ._validation import check_lr, check_max_grad_norm, check_non_negative, check_state_dtype
@@ -73,8 +74,9 @@ class ValleyOptimizer(ETelemetry, Optimizer):
     ``step`` evaluates the closure once (with grad enabled), refuses sparse gradients before touching
     anything, computes the global gradient-norm clip factor on the device, then hands each group to
     ``_update_group``, with the list E's telemetry sums go to while telemetry is on
-    (:class:`~valleys.optim._telemetry.ETelemetry`). Subclasses implement ``_validate_group`` and
-    ``_update_group``.
+    (:class:`~valleys.optim._telemetry.ETelemetry`), or the group's own under auto-E, whose α it
+    updates after the group's step (:mod:`valleys.optim.auto_e`). Subclasses implement
+    ``_validate_group`` and ``_update_group``.
     """
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
@@ -90,6 +92,12 @@ class ValleyOptimizer(ETelemetry, Optimizer):
         if group.get("fused") and group.get("foreach"):
             raise ValueError("fused=True and foreach=True cannot be used together; pick one path")
         self._validate_group(group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict``, with a copy of each adapting (auto-E) α."""
+        state_dict = super().state_dict()
+        auto_e.saved_groups(state_dict["param_groups"])
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim.Optimizer.load_state_dict``, keeping ``state_dtype`` state in its dtype.
@@ -125,7 +133,8 @@ class ValleyOptimizer(ETelemetry, Optimizer):
         torch's ``__setstate__`` adds ``defaults["differentiable"]`` (for its own optimizers' old
         pickles); these optimizers have no such option, and the key would reach every group loaded
         or added afterwards, so that ``state_dict()`` changed across a load. It is removed again.
-        A numeric ``step`` (older checkpoints) becomes the device counter the kernels expect.
+        A numeric ``step`` (older checkpoints) becomes the device counter the kernels expect, and
+        an adapting α moves to its parameters' device.
         """
         # Unpickling passes the saved defaults (self has none yet); load_state_dict passes none.
         saved_defaults = state.get("defaults")
@@ -140,6 +149,7 @@ class ValleyOptimizer(ETelemetry, Optimizer):
             step = entries.get("step") if isinstance(entries, dict) else None
             if torch.is_tensor(p) and step is not None and not torch.is_tensor(step):
                 entries["step"] = step_counter(p).fill_(float(step))
+        auto_e.loaded_groups(self.param_groups)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -210,7 +220,9 @@ class ValleyOptimizer(ETelemetry, Optimizer):
             scale = None
             if max_norm is not None and total_norm is not None:
                 scale = F.clip_coefficient(total_norm, max_norm)
-            self._update_group(group, scale, e_sums)
+            sums = auto_e.begin_group(group, e_sums)
+            self._update_group(group, scale, sums)
+            auto_e.end_group(group, sums, e_sums)
         return loss
 
 

@@ -40,12 +40,14 @@ __all__ = [
 ]
 
 
-def ghat_coefficient(alpha: float, beta: float) -> float:
+def ghat_coefficient(alpha: float | Tensor, beta: float) -> float | Tensor:
     r""":math:`c = \alpha(1-\beta)`, the factor of :math:`g - e` in :math:`\hat g`."""
     return alpha * (1 - beta)
 
 
-def grad_hat(grad: Tensor, ema: Tensor, coefficient: float, out: Tensor | None = None) -> Tensor:
+def grad_hat(
+    grad: Tensor, ema: Tensor, coefficient: float | Tensor, out: Tensor | None = None
+) -> Tensor:
     r""":math:`\hat g = g + c\,(g - e)`, written into ``out`` (a new tensor when None)."""
     return torch.sub(grad, ema, out=out).mul_(coefficient).add_(grad)
 
@@ -56,7 +58,7 @@ def advance_(ema: Tensor, grad: Tensor, beta: float) -> None:
 
 
 def explore_single(
-    grad: Tensor, ema: Tensor, alpha: float, beta: float, sums: list[Tensor] | None = None
+    grad: Tensor, ema: Tensor, alpha: float | Tensor, beta: float, sums: list[Tensor] | None = None
 ) -> Tensor:
     r"""Return :math:`\hat g` as a new tensor and advance ``ema`` in place; ``grad`` is only read.
     ``sums``: append the tensor's telemetry sums to it."""
@@ -68,9 +70,23 @@ def explore_single(
 
 
 def grad_hat_multi(
-    grads: list[Tensor], emas: list[Tensor], coefficient: float, out: list[Tensor] | None = None
+    grads: list[Tensor],
+    emas: list[Tensor],
+    coefficient: float | Tensor,
+    out: list[Tensor] | None = None,
 ) -> list[Tensor]:
     r""":func:`grad_hat` for lists of tensors, written into ``out`` (new tensors when None)."""
+    if isinstance(coefficient, Tensor):
+        # Auto-E's device coefficient: foreach lerp takes its weight as a host scalar, which
+        # would read the tensor on the host; a difference, a scaling and a sum do not.
+        diffs = torch._foreach_sub(grads, emas)
+        torch._foreach_mul_(diffs, coefficient)
+        if out is None:
+            torch._foreach_add_(diffs, grads)
+            return diffs
+        torch._foreach_copy_(out, grads)
+        torch._foreach_add_(out, diffs)
+        return out
     # lerp(g, e, -c) = g + c (g - e): one pass over g and e instead of a difference, a scaling
     # and a sum.
     if out is None:
@@ -88,7 +104,7 @@ def advance_multi_(emas: list[Tensor], grads: list[Tensor], beta: float) -> None
 def explore_multi(
     grads: list[Tensor],
     emas: list[Tensor],
-    alpha: float,
+    alpha: float | Tensor,
     beta: float,
     owned: bool = False,
     sums: list[Tensor] | None = None,

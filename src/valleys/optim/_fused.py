@@ -12,8 +12,10 @@ Compilation is kept out of the hot path:
 - tensors are passed flattened to 1-D and compiled with ``dynamic=True``, so every size shares one
   graph (sizes 0 and 1 get their own), and as plain tensors rather than views, so that the rank
   of the parameter they view does not make a graph of its own either;
-- ``lr`` and the bias corrections are 0-d tensor inputs, so LR schedulers and the step counter
-  never recompile; the other hyperparameters are compile-time constants;
+- ``lr``, the bias corrections, weight decay and E's scalars (from α and β1) are 0-d tensor
+  inputs, so LR, α and β1 schedules, auto-E and the step counter never recompile; the kernels are
+  keyed on structural flags only (whether weight decay is on, the trust ratio, ``maximize``, ...),
+  and the moment factors β2, β3 and the ε are compile-time constants;
 - each static configuration (and whether clipping is on) gets its own compiled function (see
   :func:`_kernel`), so a model with several parameter groups does not run into Dynamo's
   per-function recompile limit; were it reached, the kernel runs uncompiled for the new inputs;
@@ -38,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._e import explore_single, grad_hat
+from ._e import grad_hat
+from ._kernel_inputs import EScalars, _scalar_tensor, _step_scalars, _variable_scalars
 from ._ops import Number, _group_by_device_and_dtype, _moments_, _opmath, _scaled, _trust_ratio
 from ._telemetry import perturbation_sums
 
@@ -61,16 +64,17 @@ def _kernel(
     """The compiled per-tensor kernel ``factory(*config)`` for ``tensors`` (their device type and
     dtype, and which optional inputs are None), created on first use and kept.
 
-    The hyperparameters are closure constants, not arguments, and are compiled in as constants
-    (see :func:`_constant_floats`). Dynamo caches compiled graphs on the *code object* and stops
-    compiling (falling back to eager) after a few recompiles per code object, so each
-    configuration gets a fresh copy of the kernel's code and with it its own cache. Inductor's
-    size asserts are off: they cost more per call than the arguments' checks they repeat. When an
-    enclosing ``torch.compile`` is tracing the optimizer step, the kernel is returned uncompiled:
-    the outer compile fuses it.
+    The structural flags and the constant hyperparameters of ``config`` are closure constants,
+    compiled in as constants (see :func:`_constant_floats`); what a schedule may change is a 0-d
+    tensor argument instead (``_kernel_inputs.py``), so it never adds a configuration. Dynamo
+    caches compiled graphs on the *code object* and stops compiling (falling back to eager)
+    after a few recompiles per code object, so each configuration gets a fresh copy of the
+    kernel's code and with it its own cache. Inductor's size asserts are off: they cost more per
+    call than the arguments' checks they repeat. When an enclosing ``torch.compile`` is tracing
+    the optimizer step, the kernel is returned uncompiled: the outer compile fuses it.
 
     Not ``fullgraph=True``: these kernels are shared by every optimizer in the process with the
-    same hyperparameters, so a long-lived one (a notebook, a study worker) may bring more input
+    same flags, so a long-lived one (a notebook, a study worker) may bring more input
     variants (sizes 0 and 1, non-contiguous layouts of any rank) than Dynamo's recompile limit.
     With ``fullgraph=True`` the next one raises; without, Dynamo does what ``torch.compile`` users
     know: it logs the limit once and runs new variants eagerly (the same math), the compiled ones
@@ -116,38 +120,19 @@ def _flat(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     return tensors
 
 
-def _scalar_tensor(value: Number, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``value`` as a 0-d tensor on ``device``: a fill for a float (no host-to-device copy)."""
-    if isinstance(value, Tensor):
-        return value.to(device=device, dtype=dtype)
-    return torch.full((), value, dtype=dtype, device=device)
-
-
 def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _step_scalars(
-    steps: list[Tensor],
-    lr: Number,
-    device: torch.device,
-    dtype: torch.dtype,
-    beta2: float,
-    beta3: float,
-    bias_correction: bool,
-) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
-    r"""Advance one (device, dtype) bucket's step counters and return what its kernels take: the
-    lr as a 0-d tensor and, per tensor, :math:`1/(1-\beta_2^k)` and :math:`1/\sqrt{1-\beta_3^k}`
-    (None without bias correction), all in the bucket's scalar dtype."""
-    torch._foreach_add_(steps, 1)
-    opmath = _opmath(dtype)
-    lr_t = _scalar_tensor(lr, opmath, device)
-    if not bias_correction:
-        return lr_t, [None] * len(steps), [None] * len(steps)
-    k = torch.stack(steps).to(opmath)
-    m_scales = torch.reciprocal(1 - torch.pow(beta2, k))
-    v_scales = torch.rsqrt(1 - torch.pow(beta3, k))
-    return lr_t, list(m_scales.unbind(0)), list(v_scales.unbind(0))
+def _explore(
+    grad: Tensor, grad_ema: Tensor, coefficient: Tensor, ema_factor: Tensor, from_grad: Tensor
+) -> Tensor:
+    r""":math:`\hat g` (:func:`valleys.optim._e.grad_hat`), and E's buffer advanced in place,
+    :math:`e \leftarrow e + (1-\beta_1)(g - e)`, from the scalars of
+    :func:`~valleys.optim._kernel_inputs._e_scalars`."""
+    ghat = grad_hat(grad, grad_ema, coefficient)
+    grad_ema.copy_(ema_factor * (grad - grad_ema) + torch.where(from_grad, grad, grad_ema))
+    return ghat
 
 
 # --------------------------------------------------------------------------------------------- ALTO
@@ -160,15 +145,15 @@ def _alto_update(
     m_scale: Tensor | None,
     v_scale: Tensor | None,
     eps: float,
-    weight_decay: float,
+    weight_decay: Tensor | None,
 ) -> Tensor:
     r""":math:`r = \hat m / (\sqrt{\hat v} + \epsilon_1) + \lambda\theta`; no bias correction when
-    the scales are None."""
+    the scales are None, no decay term when ``weight_decay`` is None."""
     if m_scale is not None and v_scale is not None:
         update = exp_avg * m_scale / (exp_avg_sq.sqrt() * v_scale + eps)
     else:
         update = exp_avg / (exp_avg_sq.sqrt() + eps)
-    if weight_decay != 0:
+    if weight_decay is not None:
         update = update + weight_decay * param
     return update
 
@@ -180,39 +165,36 @@ def _alto_moments(
     exp_avg_sq: Tensor,
     grad_ema: Tensor | None,
     grad_scale: Tensor | None,
-    beta1: float,
+    e_scalars: EScalars | None,
     beta2: float,
     beta3: float,
-    alpha: float,
     maximize: bool,
     telemetry: bool,
 ) -> Tensor | None:
-    """Clip, E, and the two moments, in place; E's telemetry sums when ``telemetry``."""
+    """Clip, E (with :func:`_e_scalars`), and the two moments, in place; E's telemetry sums when
+    ``telemetry``."""
     grad = _scaled(grad, grad_scale, maximize)
-    if grad_ema is None:
+    if grad_ema is None or e_scalars is None:
         _moments_(exp_avg, exp_avg_sq, grad, beta2, beta3)
         return None
-    ghat = explore_single(grad, grad_ema, alpha, beta1)
+    ghat = _explore(grad, grad_ema, *e_scalars)
     _moments_(exp_avg, exp_avg_sq, ghat, beta2, beta3)
     return perturbation_sums(grad, ghat) if telemetry else None
 
 
 def _alto_kernel(
-    beta1: float,
     beta2: float,
     beta3: float,
-    alpha: float,
     eps: float,
-    weight_decay: float,
     eps2: float,
     eps3: float,
     trust_ratio: bool,
     maximize: bool,
     telemetry: bool,
 ) -> Callable[..., Tensor | None]:
-    """One tensor's ALTO step for fixed hyperparameters: the math of ``_single_tensor_alto`` with
-    the bias corrections passed in as multipliers (None: no bias correction); returns E's
-    telemetry sums when ``telemetry``."""
+    """One tensor's ALTO step for fixed flags: the math of ``_single_tensor_alto`` with the bias
+    corrections passed in as multipliers (None: no bias correction), E's scalars and the weight
+    decay as 0-d tensors (None: off); returns E's telemetry sums when ``telemetry``."""
 
     def alto_tensor(
         param: Tensor,
@@ -224,9 +206,11 @@ def _alto_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor | None,
         v_scale: Tensor | None,
+        e_scalars: EScalars | None,
+        weight_decay: Tensor | None,
     ) -> Tensor | None:
         sums = _alto_moments(
-            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
+            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, e_scalars, beta2, beta3,
             maximize, telemetry,
         )  # fmt: skip
         update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
@@ -245,12 +229,9 @@ def _alto_kernel(
 
 
 def _alto_chunk_kernel(
-    beta1: float,
     beta2: float,
     beta3: float,
-    alpha: float,
     eps: float,
-    weight_decay: float,
     maximize: bool,
     telemetry: bool,
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
@@ -267,9 +248,11 @@ def _alto_chunk_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor | None,
         v_scale: Tensor | None,
+        e_scalars: EScalars | None,
+        weight_decay: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         sums = _alto_moments(
-            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, beta1, beta2, beta3, alpha,
+            param, grad, exp_avg, exp_avg_sq, grad_ema, grad_scale, e_scalars, beta2, beta3,
             maximize, telemetry,
         )  # fmt: skip
         update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
@@ -279,9 +262,7 @@ def _alto_chunk_kernel(
     return alto_chunk
 
 
-def _alto_apply_kernel(
-    eps: float, weight_decay: float, eps2: float, eps3: float
-) -> Callable[..., None]:
+def _alto_apply_kernel(eps: float, eps2: float, eps3: float) -> Callable[..., None]:
     """For a large tensor whose moments are updated: move the parameter by the trust-ratio-scaled
     update, recomputed from the moments."""
 
@@ -294,6 +275,7 @@ def _alto_apply_kernel(
         v_scale: Tensor | None,
         param_sq: Tensor,
         update_sq: Tensor,
+        weight_decay: Tensor | None,
     ) -> None:
         ratio = _trust_ratio(param_sq.sqrt(), update_sq.sqrt(), eps2, eps3)
         update = _alto_update(param, exp_avg, exp_avg_sq, m_scale, v_scale, eps, weight_decay)
@@ -314,7 +296,7 @@ def _fused_alto(
     beta1: float,
     beta2: float,
     beta3: float,
-    alpha: float,
+    alpha: Number,
     eps: float,
     weight_decay: float,
     eps2: float,
@@ -339,15 +321,11 @@ def _fused_alto(
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction
         )
+        variable = _variable_scalars(grad_emas, alpha, beta1, weight_decay, lr_t)
         tensors = (device.type, dtype, grad_scale is None, bias_correction)
         kernel = _kernel(
-            _alto_kernel,
-            (
-                beta1, beta2, beta3, alpha, eps, weight_decay, eps2, eps3, trust_ratio, maximize,
-                telemetry,
-            ),
-            tensors,
-        )  # fmt: skip
+            _alto_kernel, (beta2, beta3, eps, eps2, eps3, trust_ratio, maximize, telemetry), tensors
+        )
         with _constant_floats():
             for j, i in enumerate(idx):
                 views = _flat(
@@ -361,14 +339,12 @@ def _fused_alto(
                 large = _nbytes(params[i]) >= LARGE_BYTES and views[0].dim() == 1
                 if trust_ratio and large and not torch.compiler.is_compiling():
                     chunk = _kernel(
-                        _alto_chunk_kernel,
-                        (beta1, beta2, beta3, alpha, eps, weight_decay, maximize, telemetry),
-                        tensors,
+                        _alto_chunk_kernel, (beta2, beta3, eps, maximize, telemetry), tensors
                     )
-                    apply = _kernel(_alto_apply_kernel, (eps, weight_decay, eps2, eps3), tensors)
-                    sums = _alto_two_phase(chunk, apply, views, lr_t, grad_scale, scales)
+                    apply = _kernel(_alto_apply_kernel, (eps, eps2, eps3), tensors)
+                    sums = _alto_two_phase(chunk, apply, views, lr_t, grad_scale, scales, variable)
                 else:
-                    sums = kernel(*views, lr_t, grad_scale, *scales)
+                    sums = kernel(*views, lr_t, grad_scale, *scales, *variable)
                 if e_sums is not None and sums is not None:
                     e_sums.append(sums)
 
@@ -380,6 +356,7 @@ def _alto_two_phase(
     lr: Tensor,
     grad_scale: Tensor | None,
     scales: tuple[Tensor | None, Tensor | None],
+    variable: tuple[EScalars | None, Tensor | None],
 ) -> Tensor | None:
     """ALTO on one large 1-D tensor: moments and partial norms by chunks, then the step; E's
     telemetry sums of the whole tensor when the chunks return them."""
@@ -388,11 +365,11 @@ def _alto_two_phase(
     chunks = [t.split(CHUNK) for t in (p, g, m, v)]
     e_chunks = e.split(CHUNK) if e is not None else [None] * len(chunks[0])
     results = [
-        chunk(pc, gc, mc, vc, ec, grad_scale, *scales)
+        chunk(pc, gc, mc, vc, ec, grad_scale, *scales, *variable)
         for pc, gc, mc, vc, ec in zip(*chunks, e_chunks, strict=True)
     ]
     param_sq, update_sq = torch.stack([torch.stack(r[:2]) for r in results]).sum(0)
-    apply(p, m, v, lr, *scales, param_sq, update_sq)
+    apply(p, m, v, lr, *scales, param_sq, update_sq, variable[1])
     e_sums = [r[2] for r in results if r[2] is not None]
     return torch.stack(e_sums).sum(0) if e_sums else None
 
@@ -401,19 +378,16 @@ def _alto_two_phase(
 
 
 def _eadam_kernel(
-    beta1: float,
     beta2: float,
     beta3: float,
-    alpha: float,
     eps: float,
-    weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
     telemetry: bool,
 ) -> Callable[..., Tensor | None]:
-    """One tensor's EAdam(W) step for fixed hyperparameters: the math of ``_single_tensor_eadam``
-    with the bias corrections passed in as multipliers; returns E's telemetry sums when
-    ``telemetry``."""
+    """One tensor's EAdam(W) step for fixed flags: the math of ``_single_tensor_eadam`` with the
+    bias corrections passed in as multipliers, E's scalars and the weight decay as 0-d tensors
+    (None: off); returns E's telemetry sums when ``telemetry``."""
 
     def eadam_tensor(
         param: Tensor,
@@ -425,14 +399,18 @@ def _eadam_kernel(
         grad_scale: Tensor | None,
         m_scale: Tensor,
         v_scale: Tensor,
+        e_scalars: EScalars | None,
+        weight_decay: Tensor | None,
     ) -> Tensor | None:
         grad = _scaled(grad, grad_scale, maximize)
-        if weight_decay != 0:
+        if weight_decay is not None:
             if decoupled_weight_decay:
                 param.mul_(1 - lr * weight_decay)
             else:
                 grad = grad + weight_decay * param
-        ghat = explore_single(grad, grad_ema, alpha, beta1) if grad_ema is not None else grad
+        ghat = grad
+        if grad_ema is not None and e_scalars is not None:
+            ghat = _explore(grad, grad_ema, *e_scalars)
         _moments_(exp_avg, exp_avg_sq, ghat, beta2, beta3)
         param.sub_(exp_avg * (m_scale * lr) / (exp_avg_sq.sqrt() * v_scale + eps))
         return perturbation_sums(grad, ghat) if telemetry else None
@@ -452,7 +430,7 @@ def _fused_eadam(
     beta1: float,
     beta2: float,
     beta3: float,
-    alpha: float,
+    alpha: Number,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -462,13 +440,12 @@ def _fused_eadam(
 ) -> None:
     """EAdam(W) with one compiled kernel per tensor (one loop over its elements)."""
     telemetry = e_sums is not None and grad_emas is not None
-    config = (
-        beta1, beta2, beta3, alpha, eps, weight_decay, decoupled_weight_decay, maximize, telemetry,
-    )  # fmt: skip
+    config = (beta2, beta3, eps, decoupled_weight_decay, maximize, telemetry)
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t, m_scales, v_scales = _step_scalars(
             [steps[i] for i in idx], lr, device, dtype, beta2, beta3, bias_correction=True
         )
+        variable = _variable_scalars(grad_emas, alpha, beta1, weight_decay, lr_t)
         kernel = _kernel(_eadam_kernel, config, (device.type, dtype, grad_scale is None))
         with _constant_floats():
             for j, i in enumerate(idx):
@@ -484,6 +461,7 @@ def _fused_eadam(
                     grad_scale,
                     m_scales[j],
                     v_scales[j],
+                    *variable,
                 )
                 if e_sums is not None and sums is not None:
                     e_sums.append(sums)
@@ -496,16 +474,14 @@ def _esgd_kernel(
     momentum: float,
     dampening: float,
     nesterov: bool,
-    alpha: float,
-    beta: float,
-    weight_decay: float,
     maximize: bool,
     telemetry: bool,
     first: bool,
 ) -> Callable[..., Tensor | None]:
-    """One tensor's ESGD step for fixed hyperparameters: the math of ``_single_tensor_esgd``.
-    ``first``: the momentum buffer is new (uninitialised) and starts as the gradient. Returns E's
-    telemetry sums when ``telemetry``."""
+    """One tensor's ESGD step for fixed flags: the math of ``_single_tensor_esgd``, with E's
+    scalars and the weight decay as 0-d tensors (None: off). ``first``: the momentum buffer is
+    new (uninitialised) and starts as the gradient. Returns E's telemetry sums when
+    ``telemetry``."""
 
     def esgd_tensor(
         param: Tensor,
@@ -514,11 +490,15 @@ def _esgd_kernel(
         grad_ema: Tensor | None,
         lr: Tensor,
         grad_scale: Tensor | None,
+        e_scalars: EScalars | None,
+        weight_decay: Tensor | None,
     ) -> Tensor | None:
         grad = _scaled(grad, grad_scale, maximize)
-        if weight_decay != 0:
+        if weight_decay is not None:
             grad = grad + weight_decay * param
-        update = explore_single(grad, grad_ema, alpha, beta) if grad_ema is not None else grad
+        update = grad
+        if grad_ema is not None and e_scalars is not None:
+            update = _explore(grad, grad_ema, *e_scalars)
         sums = perturbation_sums(grad, update) if telemetry else None
         if momentum_buffer is not None:
             if first:
@@ -542,7 +522,7 @@ def _fused_esgd(
     momentum: float,
     dampening: float,
     nesterov: bool,
-    alpha: float,
+    alpha: Number,
     beta: float,
     weight_decay: float,
     grad_scale: Tensor | None,
@@ -552,9 +532,10 @@ def _fused_esgd(
     """ESGD with one compiled kernel per tensor; new momentum buffers are created here (the
     caller stores them back into the state), their first step copies the gradient in."""
     telemetry = e_sums is not None and grad_emas is not None
-    config = (momentum, dampening, nesterov, alpha, beta, weight_decay, maximize, telemetry)
+    config = (momentum, dampening, nesterov, maximize, telemetry)
     for (device, dtype), idx in _group_by_device_and_dtype(params).items():
         lr_t = _scalar_tensor(lr, _opmath(dtype), device)
+        variable = _variable_scalars(grad_emas, alpha, beta, weight_decay, lr_t)
         tensors = (device.type, dtype, grad_scale is None)
         kernels = {
             first: _kernel(_esgd_kernel, (*config, first), tensors) for first in (False, True)
@@ -573,6 +554,7 @@ def _fused_esgd(
                     ),
                     lr_t,
                     grad_scale,
+                    *variable,
                 )
                 if e_sums is not None and sums is not None:
                     e_sums.append(sums)
@@ -581,11 +563,14 @@ def _fused_esgd(
 # ------------------------------------------------------------------------------------------ Explore
 
 
-def _explore_kernel(coefficient: float, telemetry: bool) -> Callable[..., Tensor | None]:
-    r"""Write E's :math:`\hat g` (:func:`valleys.optim._e.grad_hat`) into ``out``, in one pass;
-    return E's telemetry sums when ``telemetry``."""
+def _explore_kernel(telemetry: bool) -> Callable[..., Tensor | None]:
+    r"""Write E's :math:`\hat g` (:func:`valleys.optim._e.grad_hat`) into ``out``, in one pass,
+    with the coefficient :math:`c` as a 0-d tensor; return E's telemetry sums when
+    ``telemetry``."""
 
-    def explore_tensor(out: Tensor, grad: Tensor, grad_ema: Tensor) -> Tensor | None:
+    def explore_tensor(
+        out: Tensor, grad: Tensor, grad_ema: Tensor, coefficient: Tensor
+    ) -> Tensor | None:
         ghat = grad_hat(grad, grad_ema, coefficient)
         out.copy_(ghat)
         return perturbation_sums(grad, ghat) if telemetry else None
@@ -596,18 +581,18 @@ def _explore_kernel(coefficient: float, telemetry: bool) -> Callable[..., Tensor
 def fused_grad_hat(
     grads: list[Tensor],
     emas: list[Tensor],
-    coefficient: float,
+    coefficient: Number,
     out: list[Tensor],
     e_sums: list[Tensor] | None = None,
 ) -> None:
     """:func:`valleys.optim._e.grad_hat_multi` with one compiled kernel per tensor (Explore's
     fused path): reads ``g`` and ``e`` once, writes ``ĝ`` into ``out``; appends E's telemetry
     sums to ``e_sums`` when given."""
-    config = (coefficient, e_sums is not None)
     for (device, dtype), idx in _group_by_device_and_dtype(grads).items():
-        kernel = _kernel(_explore_kernel, config, (device.type, dtype))
+        kernel = _kernel(_explore_kernel, (e_sums is not None,), (device.type, dtype))
+        c = _scalar_tensor(coefficient, _opmath(dtype), device)
         with _constant_floats():
             for i in idx:
-                sums = kernel(*_flat(out[i], grads[i], emas[i]))
+                sums = kernel(*_flat(out[i], grads[i], emas[i]), c)
                 if e_sums is not None and sums is not None:
                     e_sums.append(sums)

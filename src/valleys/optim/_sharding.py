@@ -8,7 +8,8 @@ clipping need the norm of the *whole* tensor, and a norm of the shard gives each
 wrong ratio (the reason DeepSpeed ZeRO never supported LAMB).
 
 :class:`ShardedNorms` turns per-tensor local sums of squares into full-tensor ones with one
-``all_reduce`` of a stacked vector for any number of tensors, never gathering a parameter. A
+``all_reduce`` of a stacked vector for any number of tensors, never gathering a parameter; E's
+telemetry, summed over all tensors, goes the same way (:meth:`ShardedNorms.reduce_total`). A
 tensor that is replicated along a mesh dimension has the same local values on every rank of that
 dimension, so only the rank at coordinate 0 contributes its sum there (exact, unlike dividing by
 the dimension's size).
@@ -64,6 +65,7 @@ class ShardedNorms:
             raise ValueError("all of an optimizer's DTensor parameters must be on one device mesh")
         coordinate = self.mesh.get_coordinate() or [0] * self.mesh.ndim
         weights = []
+        replicated_dims = set()
         for t in dtensors:
             if any(isinstance(p, Partial) for p in t.placements):
                 raise ValueError("parameters with Partial placements have no defined norm")
@@ -71,7 +73,12 @@ class ShardedNorms:
                 coordinate[d] == 0 for d, p in enumerate(t.placements) if isinstance(p, Replicate)
             )
             weights.append(1.0 if counted else 0.0)
+            replicated_dims.add(tuple(isinstance(p, Replicate) for p in t.placements))
         self._weights = weights
+        # Whether every tensor is replicated along the same mesh dimensions: then this rank counts
+        # all of them or none, and a total over all of them can be weighted as one (placements
+        # are the same on every rank, so every rank agrees).
+        self._uniform = len(replicated_dims) == 1
 
     def reduce(self, local_squares: Tensor, indices: list[int]) -> Tensor:
         """All-reduce ``local_squares`` (last dimension: the tensors ``indices`` points at), in one
@@ -81,7 +88,26 @@ class ShardedNorms:
             dtype=local_squares.dtype,
             device=local_squares.device,
         )
-        total = local_squares * weights
+        return self._all_reduce(local_squares * weights)
+
+    def reduce_total(self, local_sums: Tensor) -> Tensor:
+        """All-reduce sums that each rank took over its shards of *all* of this object's tensors
+        together (E's telemetry, added up over the step's kernels), in one collective per mesh
+        dimension, into the full tensors' sums.
+
+        Raises:
+            ValueError: the tensors are replicated along different mesh dimensions, so that a
+                rank counts some of them and not others and its total cannot be weighted as one.
+        """
+        if not self._uniform:
+            raise ValueError(
+                "E's telemetry needs all sharded parameters replicated along the same mesh "
+                "dimensions (as fully_shard and HSDP place them); these mix placements"
+            )
+        return self._all_reduce(local_sums * self._weights[0])
+
+    def _all_reduce(self, total: Tensor) -> Tensor:
+        """Sum ``total`` in place over every mesh dimension; return it."""
         for dim in range(self.mesh.ndim):
             dist.all_reduce(total, group=self.mesh.get_group(dim))
         return total

@@ -15,15 +15,22 @@ Both follow from three sums of squares, :math:`(\lVert g\rVert^2, \lVert\hat g\r
 :math:`\hat g` at hand (the compiled kernels inside their one loop over the elements), as 0-d
 tensors: nothing is read on the host. Parameters whose group has E off (α = 0) do not count.
 
+Under FSDP2 every kernel sees its rank's shards only, so the step's sums are local; reading the
+telemetry all-reduces them (one collective per mesh dimension, see ``_sharding.py``) into the full
+tensors' sums, so every rank reads the same, whole-model values and must read them together.
+
 Telemetry is off by default, and then no kernel computes anything for it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ._ops import _opmath
+from ._sharding import sharded_norms
 
 __all__ = [
     "ETelemetry",
@@ -68,6 +75,7 @@ class ETelemetry:
     (``deepcopy``, pickling) start with it off.
     """
 
+    param_groups: list[dict[str, Any]]
     _e_enabled: bool = False
     _e_sums: list[Tensor] | None = None
 
@@ -87,11 +95,15 @@ class ETelemetry:
         r"""The last step's ``e_perturbation`` :math:`\lVert\hat g - g\rVert / \lVert g\rVert` and
         ``e_cosine`` :math:`\cos(\hat g, g)` over every parameter E transformed, as 0-d tensors
         on the first parameter's device; empty before the first step with telemetry on, or when
-        no parameter was transformed. NaN where all those gradients are zero."""
+        no parameter was transformed. NaN where all those gradients are zero. With FSDP2
+        (DTensor) parameters a collective: every rank reads them, and reads the same values."""
         if not self._e_sums:
             return {}
         first = self._e_sums[0]
         sums = torch.stack([s.to(first.device, first.dtype) for s in self._e_sums]).sum(0)
+        sharded = sharded_norms([p for group in self.param_groups for p in group["params"]])
+        if sharded is not None:
+            sums = sharded.reduce_total(sums)
         g2, h2, d2 = sums.unbind(0)
         return {
             "e_perturbation": (d2 / g2).sqrt(),

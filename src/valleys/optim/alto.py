@@ -18,14 +18,16 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
+from . import auto_e
 from ._base import (
     Params,
     ValleyOptimizer,
     group_lr,
     resolve_paths,
 )
+from ._e_group import e_active
 from ._sharding import sharded_norms
-from ._validation import check_alpha, check_betas, check_non_negative
+from ._validation import check_betas, check_non_negative
 
 __all__ = ["ALTO", "PAPER_PRESETS", "Lamb", "Preset", "TrustRatio"]
 
@@ -75,8 +77,9 @@ _SHARED_DOC = r"""
 class _LayerwiseAdaptive(ValleyOptimizer):
     """The shared ALTO/Lamb machinery; subclasses say how a group maps to the kernel's β1 and α."""
 
-    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
-        """(β1, α) of E for ``group``; α = 0 means no E buffer and no transform."""
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float | Tensor]:
+        """(β1, α) of E for ``group``; α = 0 means no E buffer and no transform; a tensor α is
+        auto-E's."""
         raise NotImplementedError
 
     def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:
@@ -95,7 +98,7 @@ class _LayerwiseAdaptive(ValleyOptimizer):
         trust_ratio = _takes_trust_ratio(group)
         beta1, alpha = self._explore(group)
         beta2, beta3 = self._moment_betas(group)
-        t = self._moment_tensors(group, explores=alpha != 0)
+        t = self._moment_tensors(group, explores=e_active(alpha))
         if not t.params:
             return
         foreach, fused = resolve_paths(group, t.params)
@@ -157,7 +160,12 @@ class ALTO(_LayerwiseAdaptive):
 
     Args (besides the shared ones below):
         betas: (β1, β2, β3): E's factor, the first and the second moment's.
-        alpha: E's α; 0 turns E off for a group (it then is Lamb).
+        alpha: E's α; 0 turns E off for a group (it then is Lamb); ``"auto"``: auto-E.
+        target_perturbation: auto-E's ρ: α adapts after every step so that E's relative
+            perturbation :math:`\lVert\hat g - g\rVert / \lVert g\rVert` stays near ρ, from
+            ``alpha`` (its sign and start; ``"auto"``: explore, from :math:`\rho/(1-\beta_1)`),
+            inside E's stable region (:mod:`valleys.optim.auto_e`). α is then a 0-d tensor in
+            the group, read before a step as the α that step uses. None: α as given.
     """
 
     def __init__(
@@ -165,10 +173,11 @@ class ALTO(_LayerwiseAdaptive):
         params: Params,
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float, float] = (0.99, 0.9, 0.99),
-        alpha: float = -5.0,
+        alpha: float | Literal["auto"] = -5.0,
         eps: float = 1e-6,
         weight_decay: float = 1e-4,
         *,
+        target_perturbation: float | None = None,
         eps2: float = 1e-6,
         eps3: float = 1e-10,
         bias_correction: bool = True,
@@ -185,6 +194,7 @@ class ALTO(_LayerwiseAdaptive):
             alpha=alpha,
             eps=eps,
             weight_decay=weight_decay,
+            target_perturbation=target_perturbation,
             eps2=eps2,
             eps3=eps3,
             bias_correction=bias_correction,
@@ -200,9 +210,9 @@ class ALTO(_LayerwiseAdaptive):
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_betas(group["betas"], ("beta1", "beta2", "beta3"))
-        check_alpha(group["alpha"], group["betas"][0], "beta1")
+        auto_e.prepare_group(group)
 
-    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float | Tensor]:
         return group["betas"][0], group["alpha"]
 
     def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:
@@ -264,7 +274,7 @@ class Lamb(_LayerwiseAdaptive):
         super()._validate_group(group)
         check_betas(group["betas"], ("beta2", "beta3"))
 
-    def _explore(self, group: dict[str, Any]) -> tuple[float, float]:
+    def _explore(self, group: dict[str, Any]) -> tuple[float, float | Tensor]:
         return 0.0, 0.0
 
     def _moment_betas(self, group: dict[str, Any]) -> tuple[float, float]:

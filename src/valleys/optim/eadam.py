@@ -2,19 +2,21 @@ r"""EAdam and EAdamW: Adam / AdamW run on E's transformed gradient (Algorithm 4 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from . import _functional as F
+from . import auto_e
 from ._base import (
     Params,
     ValleyOptimizer,
     group_lr,
     resolve_paths,
 )
-from ._validation import check_alpha, check_betas, check_non_negative
+from ._e_group import e_active
+from ._validation import check_betas, check_non_negative
 
 __all__ = ["EAdam", "EAdamW"]
 
@@ -34,7 +36,12 @@ class EAdam(ValleyOptimizer):
         params: parameters, or dicts defining parameter groups.
         lr: learning rate η (a float, or a 0-d tensor).
         betas: (β1, β2, β3): E's factor, the first and the second moment's.
-        alpha: E's α; 0 turns E off for a group. Stability needs |α| < 1/(1 − β1).
+        alpha: E's α; 0 turns E off for a group. Stability needs |α| < 1/(1 − β1). ``"auto"``:
+            auto-E (see ``target_perturbation``).
+        target_perturbation: auto-E's ρ: α adapts after every step so that E's relative
+            perturbation ‖ĝ − g‖/‖g‖ stays near ρ, from ``alpha`` (its sign and start;
+            ``"auto"``: explore, from ρ/(1 − β1)), inside E's stable region
+            (:mod:`valleys.optim.auto_e`); α is then a 0-d tensor in the group. None: α as given.
         eps: added to the root of the second moment.
         weight_decay: λ, added to the gradient (EAdam) or decoupled (EAdamW).
         max_grad_norm: clip the global gradient norm first, on the device; None: no clipping.
@@ -53,10 +60,11 @@ class EAdam(ValleyOptimizer):
         params: Params,
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float, float] = (0.99, 0.9, 0.999),
-        alpha: float = -5.0,
+        alpha: float | Literal["auto"] = -5.0,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         *,
+        target_perturbation: float | None = None,
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -69,6 +77,7 @@ class EAdam(ValleyOptimizer):
             alpha=alpha,
             eps=eps,
             weight_decay=weight_decay,
+            target_perturbation=target_perturbation,
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
@@ -80,14 +89,14 @@ class EAdam(ValleyOptimizer):
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_non_negative("eps", group["eps"])
         check_betas(group["betas"], ("beta1", "beta2", "beta3"))
-        check_alpha(group["alpha"], group["betas"][0], "beta1")
+        auto_e.prepare_group(group)
 
     def _update_group(
         self, group: dict[str, Any], grad_scale: Tensor | None, e_sums: list[Tensor] | None
     ) -> None:
         beta1, beta2, beta3 = group["betas"]
         alpha = group["alpha"]
-        t = self._moment_tensors(group, explores=alpha != 0)
+        t = self._moment_tensors(group, explores=e_active(alpha))
         if not t.params:
             return
         foreach, fused = resolve_paths(group, t.params)
@@ -130,10 +139,11 @@ class EAdamW(EAdam):
         params: Params,
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float, float] = (0.99, 0.9, 0.999),
-        alpha: float = -5.0,
+        alpha: float | Literal["auto"] = -5.0,
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         *,
+        target_perturbation: float | None = None,
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -147,6 +157,7 @@ class EAdamW(EAdam):
             alpha,
             eps,
             weight_decay,
+            target_perturbation=target_perturbation,
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,

@@ -2,12 +2,13 @@ r"""ESGD: SGD with momentum on E's transformed gradient (Algorithm 3 of the pape
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from . import _functional as F
+from . import auto_e
 from ._base import (
     Params,
     ValleyOptimizer,
@@ -18,8 +19,9 @@ from ._base import (
     update_grad,
     zeros_state,
 )
+from ._e_group import e_active
 from ._sharding import as_dtensor_like
-from ._validation import check_alpha, check_beta
+from ._validation import check_beta
 
 __all__ = ["ESGD"]
 
@@ -40,11 +42,16 @@ class ESGD(ValleyOptimizer):
         params: parameters, or dicts defining parameter groups.
         lr: learning rate η (a float, or a 0-d tensor).
         momentum: μ.
-        alpha: E's α; 0 turns E off for a group. Stability needs |α| < 1/(1 − β).
+        alpha: E's α; 0 turns E off for a group. Stability needs |α| < 1/(1 − β). ``"auto"``:
+            auto-E (see ``target_perturbation``).
         beta: E's β (β1 in the paper).
         dampening: τ, as in torch SGD.
         weight_decay: λ, an L2 penalty added to the gradient before E.
         nesterov: Nesterov momentum (needs μ > 0 and τ = 0).
+        target_perturbation: auto-E's ρ: α adapts after every step so that E's relative
+            perturbation ‖ĝ − g‖/‖g‖ stays near ρ, from ``alpha`` (its sign and start;
+            ``"auto"``: explore, from ρ/(1 − β)), inside E's stable region
+            (:mod:`valleys.optim.auto_e`); α is then a 0-d tensor in the group. None: α as given.
         max_grad_norm: clip the global gradient norm first, on the device; None: no clipping.
         maximize: maximise the objective.
         foreach: multi-tensor kernels; None picks them on accelerators, the loop on the CPU.
@@ -59,12 +66,13 @@ class ESGD(ValleyOptimizer):
         params: Params,
         lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
-        alpha: float = -5.0,
+        alpha: float | Literal["auto"] = -5.0,
         beta: float = 0.99,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
         *,
+        target_perturbation: float | None = None,
         max_grad_norm: float | None = None,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -79,6 +87,7 @@ class ESGD(ValleyOptimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
+            target_perturbation=target_perturbation,
             max_grad_norm=max_grad_norm,
             maximize=maximize,
             foreach=foreach,
@@ -91,7 +100,7 @@ class ESGD(ValleyOptimizer):
         check_beta("momentum", group["momentum"])
         check_beta("dampening", group["dampening"])
         check_beta("beta", group["beta"])
-        check_alpha(group["alpha"], group["beta"], "beta")
+        auto_e.prepare_group(group)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "Invalid nesterov=True: Nesterov momentum needs momentum > 0 and dampening = 0"
@@ -101,6 +110,7 @@ class ESGD(ValleyOptimizer):
         self, group: dict[str, Any], grad_scale: Tensor | None, e_sums: list[Tensor] | None
     ) -> None:
         alpha, momentum = group["alpha"], group["momentum"]
+        explores = e_active(alpha)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         buffers: list[Tensor | None] = []
@@ -112,9 +122,9 @@ class ESGD(ValleyOptimizer):
             if p.grad is None:
                 continue
             # Without E and momentum there is no state: like torch's SGD, no (empty) entry.
-            state = self.state[p] if alpha != 0 or momentum != 0 else {}
+            state = self.state[p] if explores or momentum != 0 else {}
             dtype = state_dtype_for(group, p)
-            if alpha != 0 and "grad_ema" not in state:
+            if explores and "grad_ema" not in state:
                 state["grad_ema"] = zeros_state(p, dtype)
             params.append(as_real(p))
             grads.append(update_grad(p, dtype))
@@ -123,7 +133,7 @@ class ESGD(ValleyOptimizer):
             owners.append(state)
             owned.append(p)
             is_complex.append(torch.is_complex(p))
-            if alpha != 0:
+            if explores:
                 emas.append(as_real(state["grad_ema"]))
         if not params:
             return
@@ -132,7 +142,7 @@ class ESGD(ValleyOptimizer):
             params,
             grads,
             buffers,
-            emas if alpha != 0 else None,
+            emas if explores else None,
             lr=group_lr(group),
             momentum=momentum,
             dampening=group["dampening"],

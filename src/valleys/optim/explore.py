@@ -16,18 +16,20 @@ import contextlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim import optimizer as optimizer_module
 
+from . import auto_e
 from ._base import as_real, resolve_foreach, zeros_state
 from ._e import advance_, advance_multi_, ghat_coefficient, grad_hat, grad_hat_multi
+from ._e_group import e_active
 from ._fused import fused_grad_hat
 from ._telemetry import ETelemetry, perturbation_sums, perturbation_sums_multi
-from ._validation import check_alpha, check_beta
+from ._validation import check_beta
 
 __all__ = ["Explore"]
 
@@ -64,12 +66,19 @@ class Explore(ETelemetry, Optimizer):
     ``{"state", "param_groups"}`` layout keep working.
 
     ``enable_telemetry()`` makes every step record how far E moved the gradients the base optimizer
-    sees, read with ``e_telemetry()`` (:class:`~valleys.optim._telemetry.ETelemetry`).
+    sees, read with ``e_telemetry()`` (:class:`~valleys.optim._telemetry.ETelemetry`). Under auto-E
+    (``target_perturbation``, the group key ``explore_target_perturbation``) a group's
+    ``explore_alpha`` is a 0-d tensor that adapts after each successful step
+    (:mod:`valleys.optim.auto_e`).
 
     Args:
         optimizer: the base optimizer instance.
-        alpha: E's α (< 0 explores, > 0 exploits). Stability needs |α| < 1/(1 − β).
+        alpha: E's α (< 0 explores, > 0 exploits). Stability needs |α| < 1/(1 − β). ``"auto"``:
+            auto-E (see ``target_perturbation``).
         beta: E's β (β1 in the paper).
+        target_perturbation: auto-E's ρ: α adapts after every step so that E's relative
+            perturbation ‖ĝ − g‖/‖g‖ stays near ρ, from ``alpha`` (its sign and start;
+            ``"auto"``: explore, from ρ/(1 − β)), inside E's stable region. None: α as given.
         foreach: compute E with multi-tensor kernels; None picks them on accelerators.
         fused: compute ĝ with one ``torch.compile``\ d pass per tensor (compiled on first use)
             and advance e with a multi-tensor ``lerp``; exclusive with ``foreach=True``. None means
@@ -79,9 +88,10 @@ class Explore(ETelemetry, Optimizer):
     def __init__(
         self,
         optimizer: Optimizer,
-        alpha: float = -5.0,
+        alpha: float | Literal["auto"] = -5.0,
         beta: float = 0.99,
         *,
+        target_perturbation: float | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
@@ -96,7 +106,12 @@ class Explore(ETelemetry, Optimizer):
         self.optimizer = optimizer
         self.foreach = foreach
         self.fused = bool(fused)
-        super().__init__(optimizer.param_groups, dict(explore_alpha=alpha, explore_beta=beta))
+        defaults = dict(
+            explore_alpha=alpha,
+            explore_beta=beta,
+            explore_target_perturbation=target_perturbation,
+        )
+        super().__init__(optimizer.param_groups, defaults)
 
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
@@ -116,7 +131,7 @@ class Explore(ETelemetry, Optimizer):
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
         check_beta("beta", param_group["explore_beta"])
-        check_alpha(param_group["explore_alpha"], param_group["explore_beta"], "beta")
+        auto_e.prepare_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -147,7 +162,7 @@ class Explore(ETelemetry, Optimizer):
 
         groups = []
         for group in self.param_groups:
-            if group["explore_alpha"] == 0:
+            if not e_active(group["explore_alpha"]):
                 continue
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
@@ -158,50 +173,62 @@ class Explore(ETelemetry, Optimizer):
                 groups.append((group, params))
 
         e_sums = self._telemetry_begin()
-        # Each group's (E buffers, raw gradients, β, foreach), advanced once the base step is done.
-        advances: list[tuple[list[Tensor], list[Tensor], float, bool]] = []
+        # Per group: what advances E once the base step is done (E buffers, raw gradients,
+        # foreach), and the list its sums went to (auto-E updates α from it then).
+        advances: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
+        group_sums: list[list[Tensor] | None] = []
         swapped: list[tuple[Tensor, Tensor]] = []
         try:
             for group, params in groups:
-                alpha, beta = group["explore_alpha"], group["explore_beta"]
-                grads = [as_real(p.grad) for p in params]
-                emas = []
-                for p in params:
-                    state = self.state[p]
-                    if "grad_ema" not in state:
-                        state["grad_ema"] = zeros_state(p)
-                    emas.append(as_real(state["grad_ema"]))
-                ghats = [torch.empty_like(p.grad) for p in params]
-                foreach = self.fused or self._foreach(grads)
-                out = [as_real(t) for t in ghats]
-                coefficient = ghat_coefficient(alpha, beta)
-                if self.fused:
-                    fused_grad_hat(grads, emas, coefficient, out, e_sums)
-                elif foreach:
-                    grad_hat_multi(grads, emas, coefficient, out)
-                    if e_sums is not None:
-                        e_sums.append(perturbation_sums_multi(grads, out))
-                else:
-                    for o, g, e in zip(out, grads, emas, strict=True):
-                        grad_hat(g, e, coefficient, out=o)
-                        if e_sums is not None:
-                            e_sums.append(perturbation_sums(g, o))
+                sums = auto_e.begin_group(group, e_sums)
+                emas, grads, ghats, foreach = self._grad_hats(group, params, sums)
                 for p, ghat in zip(params, ghats, strict=True):
                     swapped.append((p, p.grad))
                     p.grad = ghat
-                advances.append((emas, grads, beta, foreach))
+                advances.append((group, emas, grads, foreach))
+                group_sums.append(sums)
             with _without_global_step_hooks():
                 self.optimizer.step()
         finally:
             for p, grad in swapped:
                 p.grad = grad
-        for emas, grads, beta, foreach in advances:
+        for (group, emas, grads, foreach), sums in zip(advances, group_sums, strict=True):
             if foreach:
-                advance_multi_(emas, grads, beta)
+                advance_multi_(emas, grads, group["explore_beta"])
             else:
                 for e, g in zip(emas, grads, strict=True):
-                    advance_(e, g, beta)
+                    advance_(e, g, group["explore_beta"])
+            auto_e.end_group(group, sums, e_sums)
         return loss
+
+    def _grad_hats(
+        self, group: dict[str, Any], params: list[Tensor], sums: list[Tensor] | None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], bool]:
+        """E's buffers, the raw gradients (real views), a new tensor with ĝ per parameter, and
+        whether the foreach kernels advance E; E's telemetry sums go to ``sums`` when given."""
+        grads = [as_real(p.grad) for p in params]
+        emas = []
+        for p in params:
+            state = self.state[p]
+            if "grad_ema" not in state:
+                state["grad_ema"] = zeros_state(p)
+            emas.append(as_real(state["grad_ema"]))
+        ghats = [torch.empty_like(p.grad) for p in params]
+        foreach = self.fused or self._foreach(grads)
+        out = [as_real(t) for t in ghats]
+        coefficient = ghat_coefficient(group["explore_alpha"], group["explore_beta"])
+        if self.fused:
+            fused_grad_hat(grads, emas, coefficient, out, sums)
+        elif foreach:
+            grad_hat_multi(grads, emas, coefficient, out)
+            if sums is not None:
+                sums.append(perturbation_sums_multi(grads, out))
+        else:
+            for o, g, e in zip(out, grads, emas, strict=True):
+                grad_hat(g, e, coefficient, out=o)
+                if sums is not None:
+                    sums.append(perturbation_sums(g, o))
+        return emas, grads, ghats, foreach
 
     def _foreach(self, tensors: list[Tensor]) -> bool:
         return resolve_foreach(self.foreach, tensors)
@@ -214,6 +241,7 @@ class Explore(ETelemetry, Optimizer):
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
+        auto_e.saved_groups(state_dict["param_groups"])
         index = {id(p): i for i, p in enumerate(self._params())}
         for key, entries in self.state.items():
             if not (torch.is_tensor(key) and id(key) in index):
@@ -259,6 +287,7 @@ class Explore(ETelemetry, Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        auto_e.loaded_groups(self.param_groups)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 

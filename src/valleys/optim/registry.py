@@ -400,8 +400,11 @@ def create_optimizer(
         kwargs = {**e, **kwargs}
         if info.e_style == "explore":
             explore_kwargs = {"alpha": kwargs.pop("alpha"), "beta": kwargs.pop("beta")}
+            # E's own options belong to the wrapper, not to the optimizer it wraps.
             if "explore_foreach" in kwargs:
                 explore_kwargs["foreach"] = kwargs.pop("explore_foreach")
+            if "target_perturbation" in kwargs:
+                explore_kwargs["target_perturbation"] = kwargs.pop("target_perturbation")
 
     if isinstance(model_or_params, nn.Module):
         decay = weight_decay if weight_decay is not None else info.default("weight_decay", 0.0)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -439,27 +437,3 @@ def test_huge_learning_rate_diverges_without_crashing(digits: Task) -> None:
     result = train(_config(optimizer="sgd", lr=1e8, epochs=3), task=digits, quiet=True)
     assert result.status == "diverged"
     assert isinstance(result, RunResult) and result.diverged_at_step is not None
-
-
-def test_metrics_are_mirrored_to_tensorboard_when_importable(
-    digits: Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    scalars: list[tuple[str, float, int]] = []
-
-    class FakeWriter:
-        def __init__(self, log_dir: str) -> None:
-            assert log_dir == str(tmp_path / "tensorboard")
-
-        def add_scalar(self, tag: str, value: float, step: int) -> None:
-            scalars.append((tag, value, step))
-
-        def close(self) -> None:
-            scalars.append(("closed", 0.0, 0))
-
-    module = types.ModuleType("torch.utils.tensorboard")
-    module.SummaryWriter = FakeWriter
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
-    train(_config(epochs=1), tmp_path, task=digits, quiet=True)
-    tags = {tag for tag, _, _ in scalars}
-    assert {"step/loss", "step/lr", "epoch/test_accuracy", "epoch/train_loss"} <= tags
-    assert scalars[-1][0] == "closed"

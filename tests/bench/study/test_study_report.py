@@ -49,6 +49,7 @@ def test_report_renders_every_shape_from_the_storage(study_dir: Path) -> None:
     text = report.read_text()
     figures = sorted(p.name for p in (report.parent / "figures").iterdir())
     assert figures == [
+        "e_telemetry.png",
         "heatmap_alto_bs32.png",
         "metric_vs_batch.png",
         "metric_vs_lr.png",
@@ -63,6 +64,7 @@ def test_report_renders_every_shape_from_the_storage(study_dir: Path) -> None:
         "## (β1, α) sensitivity",
         "## Learning-rate sensitivity",
         "## Time to target",
+        "## E's perturbation of the gradient",
     ):
         assert heading in text
     # The paper's numbers stand beside ours, labelled as the paper's, on another task.

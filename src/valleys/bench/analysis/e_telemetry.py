@@ -15,7 +15,7 @@ from pathlib import Path
 from valleys.bench.run.config import METRICS_FILE
 from valleys.bench.run.metrics_log import read_metrics
 
-__all__ = ["E_FIELDS", "e_series", "plot_e_telemetry"]
+__all__ = ["E_FIELDS", "Series", "e_series", "plot_e_telemetry"]
 
 E_FIELDS = ("e_perturbation", "e_cosine")
 

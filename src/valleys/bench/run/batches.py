@@ -12,6 +12,7 @@ The order of examples depends only on (seed, epoch), so a resumed run needs no s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -51,13 +52,15 @@ def accumulate_gradients(
     micro_batch_size: int,
     autocast: ContextFactory | None = None,
     no_sync: ContextFactory | None = None,
+    on_micro: Callable[[], None] | None = None,
 ) -> Tensor:
     """Add the gradient of the mean loss over ``split[index]`` to ``.grad``, in micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the batch, so the sum over
     micro-batches is the batch's mean loss and so is its gradient. Returns that loss, detached.
     ``no_sync`` (DDP's ``model.no_sync``) wraps every micro-batch but the last, so that gradients
-    are communicated once per optimizer step.
+    are communicated once per optimizer step. ``on_micro`` is called after each micro-batch (a
+    progress bar's tick: at a large batch one step is many of them).
     """
     total = index.numel()
     loss_sum = torch.zeros((), dtype=torch.float64, device=index.device)
@@ -71,4 +74,6 @@ def accumulate_gradients(
             loss = task.loss(output, targets) * (micro.numel() / total)
             loss.backward()
         loss_sum += loss.detach().double()
+        if on_micro is not None:
+            on_micro()
     return loss_sum

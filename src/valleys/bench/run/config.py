@@ -3,8 +3,9 @@
 :class:`TrainConfig` is validated here without loading any data, so that the command line, a
 study and a comparison all reject a bad option before anything runs. A run directory holds
 ``config.json``, ``metrics.jsonl`` (see :mod:`valleys.bench.run.metrics_log`), ``checkpoint.pt``
-(rewritten atomically after every epoch) and ``result.json`` (written when the run ends:
-completed, diverged or interrupted); :class:`RunResult` is the last of these.
+(rewritten atomically after every epoch), ``result.json`` (written when the run ends:
+completed, diverged or interrupted; :class:`RunResult` is the last of these) and, with
+``tensorboard``, the TensorBoard event files of ``metrics.jsonl`` in ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from valleys.bench.run.checkpoint import read_json
+from valleys.bench.run.metrics_log import require_tensorboard
 from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES
 from valleys.bench.tasks import TaskOptions, check_task_options
 
@@ -30,6 +32,7 @@ __all__ = [
     "METRICS_FILE",
     "RESULT_FILE",
     "STATUSES",
+    "TENSORBOARD_DIR",
     "RunResult",
     "TrainConfig",
     "check_optimizer_name",
@@ -48,13 +51,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+TENSORBOARD_DIR = "tensorboard"
 
 EFFECTIVE_CLIP = "effective_clip_grad_norm"
 """The key of :attr:`TrainConfig.effective_clip_grad_norm` in ``to_dict()`` (config.json, results):
 derived, so ``from_dict`` ignores it and files without it still load."""
 
 # Fields that do not change the trajectory: a run may resume with other values of these.
-_NOT_FINGERPRINTED = ("target", "eval_batch_size", "device")
+_NOT_FINGERPRINTED = ("target", "eval_batch_size", "device", "tensorboard")
 
 
 def check_optimizer_name(name: str) -> None:
@@ -90,6 +94,7 @@ class TrainConfig:
         target: target of the primary metric for "time to target" (None: the task's default).
         device: torch device to train on.
         task_options: data and model choices for the task.
+        tensorboard: also write the metrics as TensorBoard events (needs ``tensorboard``).
     """
 
     task: str = "fashion-mnist"
@@ -112,6 +117,7 @@ class TrainConfig:
     target: float | None = None
     device: str = "cpu"
     task_options: TaskOptions = field(default_factory=TaskOptions)
+    tensorboard: bool = False
 
     def validate(self) -> None:
         """Check every field without loading data; ``ValueError`` names the first bad one."""
@@ -156,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"device {self.device!r} is not available: torch sees no CUDA GPU")
         check_optimizer_name(self.optimizer)
         check_task_options(self.task, self.task_options)
+        if self.tensorboard:
+            require_tensorboard()
 
     @property
     def effective_micro_batch_size(self) -> int:

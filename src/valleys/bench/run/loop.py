@@ -4,6 +4,10 @@ A step whose loss is not finite ends the run as diverged before the optimizer ap
 an evaluation whose loss or metric is not finite. Every rank evaluates the whole test set, so every
 rank reports the same metrics with no reduction.
 
+On a terminal the epoch's bar advances with every micro-batch (at a large batch on the CPU one
+step can take a minute); a run on the CPU whose epoch should take minutes says so once before it
+starts (the rule: :func:`~valleys.bench.run.progress.slow_cpu_warning`).
+
 An optimizer with train/eval modes (Schedule-Free) is in train mode for the steps and in eval mode
 for evaluation and checkpoints, and is left in eval mode however the epochs end, so the model a
 run returns holds the weights that were evaluated.
@@ -13,15 +17,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from valleys.bench.run.batches import accumulate_gradients, epoch_batches
+from valleys.bench.run.batches import accumulate_gradients, epoch_batches, steps_per_epoch
 from valleys.bench.run.distributed import full_tensor
-from valleys.bench.run.progress import progress_bar
+from valleys.bench.run.progress import progress_bar, slow_cpu_warning
 from valleys.bench.run.state import RunState, save_run_checkpoint
 
 __all__ = ["run_epochs"]
@@ -51,6 +57,8 @@ def _run_epochs(state: RunState) -> tuple[str, int | None]:
     """The epochs of :func:`run_epochs`, before it puts the optimizer in eval mode."""
     device = next(state.wrapped.parameters()).device
     metric = state.task.metric
+    if state.progress.epoch < state.config.epochs:
+        _warn_if_slow(state, device)
     for number in range(state.progress.epoch + 1, state.config.epochs + 1):
         epoch = _train_epoch(state, number, device)
         if epoch.diverged_at is not None:
@@ -74,17 +82,18 @@ def _train_epoch(state: RunState, number: int, device: torch.device) -> _Epoch:
     state.wrapped.train()
     state.optimizer_mode(training=True)
     batches = epoch_batches(len(state.task.train), config.batch_size, config.seed, number)
+    micros = math.ceil(state.ranks.local(batches[0]).numel() / state.micro)
     bar = progress_bar(
-        len(batches),
-        unit="step",
+        len(batches) * micros,
+        unit="step" if micros == 1 else "micro-batch",
         quiet=state.reporting.quiet,
         description=f"epoch {number}/{config.epochs}",
         leave=False,
     )
     epoch = _Epoch(number, bar, steps=len(batches))
     started = time.perf_counter()
-    for index in batches.to(device):
-        record = _backward(state, number, index)
+    for taken, index in enumerate(batches.to(device), start=1):
+        record = _backward(state, number, index, lambda: bar.update(1))
         if not math.isfinite(record["loss"]):
             bar.close()
             state.reporting.write(record)
@@ -95,19 +104,28 @@ def _train_epoch(state: RunState, number: int, device: torch.device) -> _Epoch:
             return epoch
         _apply(state, record)
         epoch.loss_sum += record["loss"]
-        _show_step(state, bar, record["loss"], time.perf_counter() - started)
+        _show_step(state, epoch, taken, record["loss"], time.perf_counter() - started)
     epoch.seconds = time.perf_counter() - started
     bar.close()
     state.progress.train_seconds += epoch.seconds
     return epoch
 
 
-def _backward(state: RunState, number: int, index: Tensor) -> dict[str, Any]:
+def _backward(
+    state: RunState, number: int, index: Tensor, on_micro: Callable[[], None]
+) -> dict[str, Any]:
     """The gradient of one global batch into ``.grad``; return the step's record (loss, lr)."""
     state.optimizer.zero_grad(set_to_none=True)
     local = state.ranks.local(index)
     loss_t = accumulate_gradients(
-        state.wrapped, state.task, state.task.train, local, state.micro, state.amp, state.no_sync
+        state.wrapped,
+        state.task,
+        state.task.train,
+        local,
+        state.micro,
+        state.amp,
+        state.no_sync,
+        on_micro,
     )
     return {
         "kind": "step",
@@ -147,15 +165,37 @@ def _e_telemetry(optimizer: Any) -> dict[str, float]:
     return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
 
 
-def _show_step(state: RunState, bar: Any, loss: float, elapsed: float) -> None:
-    """Advance the bar; show the loss, the last test metric and the throughput."""
-    bar.update(1)
+def _show_step(state: RunState, epoch: _Epoch, taken: int, loss: float, elapsed: float) -> None:
+    """Show the step count, the loss, the last test metric and the throughput beside the bar."""
     metric = state.task.metric
-    postfix = {"loss": f"{loss:.4f}"}
+    postfix = {"step": f"{taken}/{epoch.steps}", "loss": f"{loss:.4f}"}
     if state.progress.history:
         postfix[metric] = f"{state.progress.history[-1][f'test_{metric}']:.4f}"
-    postfix["ex/s"] = f"{bar.n * state.config.batch_size / max(elapsed, 1e-9):.0f}"
-    bar.set_postfix(postfix, refresh=False)
+    postfix["ex/s"] = f"{taken * state.config.batch_size / max(elapsed, 1e-9):.0f}"
+    epoch.bar.set_postfix(postfix, refresh=False)
+
+
+def _warn_if_slow(state: RunState, device: torch.device) -> None:
+    """Say once when an epoch on the CPU should take minutes, from one example's forward FLOPs.
+
+    Counted on one training example in eval mode without gradients, so that nothing the run
+    depends on (batch-norm statistics, random numbers) moves. A distributed run is left out: a
+    forward pass on one rank alone could wait on the others.
+    """
+    if device.type != "cpu" or state.reporting.quiet or state.ranks.world > 1:
+        return
+    model, train = state.model, state.task.train
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        state.task.forward(model, train.select(slice(0, 1))[0])
+    model.train(was_training)
+    examples = steps_per_epoch(len(train), state.config.batch_size) * state.config.batch_size
+    line = slow_cpu_warning(
+        state.task.model_name, counter.get_total_flops(), examples, torch.get_num_threads()
+    )
+    if line is not None:
+        state.reporting.say(line, None)
 
 
 def _evaluate(state: RunState) -> tuple[dict[str, float], float]:

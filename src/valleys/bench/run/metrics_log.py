@@ -1,13 +1,20 @@
-"""Metrics as JSON lines, mirrored to TensorBoard when it is installed.
+"""Metrics as JSON lines, mirrored to TensorBoard on request.
 
-One JSON object per line, each with a ``"kind"``: ``"step"`` (per optimizer step: loss, lr) or
-``"epoch"`` (per epoch: train loss, test metrics, times). Lines are flushed as they are written, so
-a killed run keeps every record up to the kill; a resumed run rewrites the file from its checkpoint,
-so records past the checkpoint (from the interrupted epoch) do not appear twice.
+One JSON object per line, each with a ``"kind"``: ``"step"`` (per optimizer step: loss, lr, E's
+``e_perturbation`` and ``e_cosine`` when the optimizer has E) or ``"epoch"`` (per epoch: train loss,
+test metrics, times). Lines are flushed as they are written, so a killed run keeps every record up
+to the kill; a resumed run rewrites the file from its checkpoint, so records past the checkpoint
+(from the interrupted epoch) do not appear twice.
+
+With a TensorBoard folder, every number of a record becomes the scalar ``<kind>/<key>`` at the
+record's ``step`` (``step/loss``, ``step/e_cosine``, ``epoch/test_accuracy``, ...). The folder is
+rewritten the same way as the file: its event files are replaced by the records a resumed run starts
+with, so TensorBoard shows exactly what ``metrics.jsonl`` holds.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,7 +26,10 @@ from typing import Any
 
 from valleys.bench.run.checkpoint import RunFileWarning, atomic_write_bytes, parse_json
 
-__all__ = ["MetricsLog", "read_metrics"]
+__all__ = ["MetricsLog", "read_metrics", "require_tensorboard"]
+
+_AXES = ("kind", "step", "epoch")
+"""Record keys that place a record (its tag group and x axis) rather than measure something."""
 
 
 def _line(record: Mapping[str, Any]) -> str:
@@ -30,13 +40,17 @@ def _line(record: Mapping[str, Any]) -> str:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log of a run, plus TensorBoard scalars when importable.
+    """Append-only JSON-lines log of a run, plus TensorBoard scalars when asked for.
 
     Args:
         path: the ``.jsonl`` file.
         history: records that must open the file (a resumed run's records up to its checkpoint);
             the file is rewritten atomically to hold exactly these before appending.
-        tensorboard_dir: where to write TensorBoard events, or ``None`` for no TensorBoard.
+        tensorboard_dir: where to write TensorBoard events (its old event files are replaced by
+            ``history``), or ``None`` for no TensorBoard.
+
+    Raises:
+        ValueError: ``tensorboard_dir`` is given and TensorBoard is not installed.
     """
 
     def __init__(
@@ -47,9 +61,12 @@ class MetricsLog:
         tensorboard_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
+        history = list(history)
         atomic_write_bytes(self.path, "".join(_line(r) for r in history).encode())
+        self._tensorboard = _open_tensorboard(Path(tensorboard_dir)) if tensorboard_dir else None
+        for record in history:
+            self._mirror(record)
         self._handle = self.path.open("a", encoding="utf-8")
-        self._tensorboard = _open_tensorboard(tensorboard_dir) if tensorboard_dir else None
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` (non-finite floats become ``null``) and mirror its numbers.
@@ -62,12 +79,18 @@ class MetricsLog:
             self._handle.flush()
         except OSError as exc:
             raise self._append_error(exc) from exc
-        if self._tensorboard is not None:
-            kind = record.get("kind", "metrics")
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key not in ("kind", "step") and isinstance(value, int | float):
-                    self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
+        self._mirror(record)
+
+    def _mirror(self, record: Mapping[str, Any]) -> None:
+        """Write the numbers of ``record`` as TensorBoard scalars, if this log has a writer."""
+        if self._tensorboard is None:
+            return
+        kind = record.get("kind", "metrics")
+        step = int(record.get("step", 0))
+        for key, value in record.items():
+            # bool is an int, but no record's flag is a curve worth plotting.
+            if key not in _AXES and isinstance(value, int | float) and not isinstance(value, bool):
+                self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
         """Close the file and the TensorBoard writer."""
@@ -94,12 +117,24 @@ class MetricsLog:
         self.close()
 
 
-def _open_tensorboard(directory: str | os.PathLike[str]) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional; the JSON lines hold everything it would.
-        return None
-    return SummaryWriter(log_dir=str(directory))
+def require_tensorboard() -> None:
+    """Raise ``ValueError`` saying how to install TensorBoard when it is not installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "TensorBoard output needs the tensorboard package: pip install 'valleys[integrations]'"
+        )
+
+
+def _open_tensorboard(directory: Path) -> Any:
+    """A writer into ``directory``, after removing the event files of an earlier attempt (their
+    records past the checkpoint must not show, and those before it are written again)."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    for old in directory.glob("events.out.tfevents.*"):
+        old.unlink()
+    # Flushed every few seconds, so that a running TensorBoard follows the run.
+    return SummaryWriter(log_dir=str(directory), flush_secs=5)
 
 
 def read_metrics(path: str | os.PathLike[str], kind: str | None = None) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from valleys.bench.run.config import (
     CONFIG_FILE,
     METRICS_FILE,
     RESULT_FILE,
+    TENSORBOARD_DIR,
     RunResult,
     TrainConfig,
 )
@@ -123,7 +124,7 @@ def train(
             reporting.metrics_log = MetricsLog(
                 out / METRICS_FILE,
                 history=_resumed_log(out, state) if resume else (),
-                tensorboard_dir=out / "tensorboard",
+                tensorboard_dir=out / TENSORBOARD_DIR if config.tensorboard else None,
             )
         return _run(state)
 

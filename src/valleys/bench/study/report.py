@@ -5,7 +5,9 @@ The report (``report.md`` with PNGs under ``figures/``) has, where the study has
 - the best configuration of each optimizer at each batch size, mean ± std over seeds;
 - the primary metric against the batch size per optimizer, error bars over seeds;
 - a (β1, α) heatmap for each optimizer and batch size whose trials vary both;
-- time to the target metric per optimizer and batch size.
+- time to the target metric per optimizer and batch size;
+- E's perturbation and cosine of the gradient per step, for the best configuration of each
+  optimizer with E at each batch size (when its runs logged them).
 
 Beside each stands the paper's corresponding result from ``PAPER.md`` (different tasks and models:
 they show the shape to expect, not numbers to match). The results are read by
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from valleys.bench.analysis.e_telemetry import Series, e_series, plot_e_telemetry
 from valleys.bench.study.figures import (
     batch_text,
     draw_heatmap,
@@ -29,7 +33,7 @@ from valleys.bench.study.figures import (
     draw_time_bars,
     metric_scale,
 )
-from valleys.bench.study.results import UnitResult, find_unit, load_results
+from valleys.bench.study.results import UnitResult, find_unit, load_results, mean_std
 from valleys.bench.study.spaces import PARAMETERS
 
 __all__ = [
@@ -67,6 +71,7 @@ PAPER_RESULTS: list[tuple[str, int, tuple[float, ...]]] = [
 _PAPER_LABEL = "**Paper** (PAPER.md; a different task and model, shown for the shape only)"
 REPORT_FILE = "report.md"
 FIGURES = "figures"
+E_TELEMETRY_FIGURE = "e_telemetry.png"
 
 
 def _show(stat: tuple[float, float, int] | None, metric: str | None = None, unit: str = "") -> str:
@@ -377,6 +382,53 @@ def _time_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
     return lines
 
 
+def _e_telemetry_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
+    r"""E's perturbation :math:`\lVert\hat g - g\rVert / \lVert g\rVert` and cosine
+    :math:`\cos(\hat g, g)` per step for the best configuration of each unit whose runs logged
+    them (every seed that did not diverge), and their means over the steps, mean ± std over seeds;
+    nothing for a study without such runs."""
+    series: dict[str, list[Series]] = {}
+    rows = []
+    for unit in units:
+        best = unit.best()
+        if best is None:
+            continue
+        runs = [
+            found
+            for seed in best.seeds
+            if seed.status != "diverged" and (found := e_series(seed.run_dir)) is not None
+        ]
+        if not runs:
+            continue
+        series[f"{unit.optimizer} {batch_text(unit.batch_size)}"] = runs
+        rows.append(
+            [
+                unit.optimizer,
+                batch_text(unit.batch_size),
+                _params_text(best.params),
+                _show(mean_std([statistics.fmean(r[1]) for r in runs])),
+                _show(mean_std([statistics.fmean(r[2]) for r in runs])),
+            ]
+        )
+    title = "E's perturbation of the gradient, best configurations"
+    if plot_e_telemetry(series, figures / E_TELEMETRY_FIGURE, title) is None:
+        return []
+    return [
+        "## E's perturbation of the gradient",
+        "",
+        f"![E's perturbation]({FIGURES}/{E_TELEMETRY_FIGURE})",
+        "",
+        "How far E moved the gradient at each step: ‖ĝ − g‖/‖g‖ and cos(ĝ, g), for the best "
+        "configuration of each optimizer with E at each batch size (every seed); below, their "
+        "means over the steps (mean ± std over seeds).",
+        "",
+        *_table(
+            ["optimizer", "batch", "configuration", "mean ‖ĝ − g‖/‖g‖", "mean cos(ĝ, g)"], rows
+        ),
+        "",
+    ]
+
+
 def write_study_report(
     url: str, name: str, out_dir: str | os.PathLike[str], *, shown_url: str | None = None
 ) -> Path:
@@ -396,6 +448,7 @@ def write_study_report(
     lines += _heatmap_lines(units, metric, figures)
     lines += _lr_lines(units, metric, figures)
     lines += _time_lines(units, figures)
+    lines += _e_telemetry_lines(units, figures)
     lines += _flatness_lines(units)
     lines += _all_config_lines(units, metric)
     path = out / REPORT_FILE

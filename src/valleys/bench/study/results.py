@@ -30,8 +30,17 @@ __all__ = [
     "UnitResult",
     "find_unit",
     "load_results",
+    "mean_std",
     "study_location",
 ]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int] | None:
+    """(mean, std, n) of ``values`` (std 0 for one value); None for none."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std, len(values)
 
 
 @dataclass
@@ -49,6 +58,8 @@ class SeedResult:
     top_eigenvalue: float | None = None
     hessian_trace: float | None = None
     distance_travelled: float | None = None
+    run_dir: str | None = None
+    """The run's folder (its ``metrics.jsonl``), as the worker that ran it recorded it."""
 
 
 @dataclass
@@ -65,15 +76,13 @@ class ConfigResult:
 
     def stat(self, name: str) -> tuple[float, float, int] | None:
         """(mean, std, n) of a per-seed quantity over the seeds that did not diverge and have it."""
-        values = [
-            float(getattr(s, name))
-            for s in self.seeds
-            if s.status != "diverged" and getattr(s, name) is not None
-        ]
-        if not values:
-            return None
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std, len(values)
+        return mean_std(
+            [
+                float(getattr(s, name))
+                for s in self.seeds
+                if s.status != "diverged" and getattr(s, name) is not None
+            ]
+        )
 
     @property
     def diverged(self) -> int:
@@ -165,6 +174,7 @@ def _seed_result(record: Mapping[str, Any], maximize: bool) -> SeedResult:
         top_eigenvalue=record.get("top_eigenvalue"),
         hessian_trace=record.get("hessian_trace"),
         distance_travelled=record.get("distance_travelled"),
+        run_dir=record.get("run_dir"),
     )
 
 

@@ -41,6 +41,7 @@ import os
 from pathlib import Path
 
 from valleys.bench.run.checkpoint import write_json_atomic
+from valleys.bench.run.metrics_log import require_tensorboard
 from valleys.bench.run.pool import run_pool
 from valleys.bench.study.config import DB_FILE, STUDY_FILE, StudyConfig
 from valleys.bench.study.errors import StudyError
@@ -69,6 +70,7 @@ def run_study(
     jobs: int = 1,
     storage: str | None = None,
     quiet: bool = False,
+    tensorboard: bool = False,
 ) -> StudyProgress:
     """Plan ``config`` into its storage, run the waiting trials with ``jobs`` workers, and return
     the progress once no trial is left waiting or running.
@@ -80,6 +82,8 @@ def run_study(
         jobs: worker processes (1: work in this process).
         storage: a database URL overriding ``config.storage``.
         quiet: no progress lines.
+        tensorboard: every run also writes TensorBoard events (not part of the study's identity:
+            a study may be resumed with or without them).
 
     Raises:
         StudyError: the storage cannot be reached, the study name is taken by other settings, or a
@@ -87,6 +91,9 @@ def run_study(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if tensorboard:
+        # Before any trial is taken, rather than failing each.
+        require_tensorboard()
     folder = Path(out) if out is not None else default_out_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     url = storage_url(config, folder, storage)
@@ -105,9 +112,9 @@ def run_study(
         )
     if before.done < before.total:
         if jobs == 1:
-            work(config, folder, url, quiet=quiet)
+            work(config, folder, url, quiet=quiet, tensorboard=tensorboard)
         else:
-            _run_workers(config, folder, url, jobs, quiet)
+            _run_workers(config, folder, url, jobs, (quiet, tensorboard))
     return progress(rdb, plans)
 
 
@@ -126,11 +133,14 @@ def _write_study_file(config: StudyConfig, folder: Path, url: str, plans: list[U
     )
 
 
-def _run_workers(config: StudyConfig, folder: Path, url: str, jobs: int, quiet: bool) -> None:
-    """``jobs`` worker processes sharing the plan; Ctrl-C lets each re-queue its trial first."""
+def _run_workers(
+    config: StudyConfig, folder: Path, url: str, jobs: int, flags: tuple[bool, bool]
+) -> None:
+    """``jobs`` worker processes sharing the plan, with :func:`work`'s (quiet, tensorboard)
+    ``flags``; Ctrl-C lets each re-queue its trial first."""
     failures = run_pool(
         work_in_process,
-        [(config, str(folder), url, quiet)] * jobs,
+        [(config, str(folder), url, *flags)] * jobs,
         jobs=jobs,
         name="valleys-study-worker",
         stop_on_failure=False,

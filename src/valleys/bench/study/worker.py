@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,11 +128,15 @@ def _load_task(config: StudyConfig) -> Task:
     return task
 
 
-def work(config: StudyConfig, out: Path, url: str, *, quiet: bool) -> int:
-    """Take and run planned trials until none is waiting or running; return how many ran."""
+def work(
+    config: StudyConfig, out: Path, url: str, *, quiet: bool, tensorboard: bool = False
+) -> int:
+    """Take and run planned trials until none is waiting or running; return how many ran (each
+    run also writing TensorBoard events with ``tensorboard``)."""
     plans = config.plan()
     # The data is loaded before any trial is taken, so a missing data set fails no trial.
-    worker = _Worker(config, out, study_storage(config, url), plans, _load_task(config), quiet)
+    rdb = study_storage(config, url)
+    worker = _Worker(config, out, rdb, plans, _load_task(config), quiet, tensorboard)
     ran = 0
     poll = min(config.heartbeat_interval, 5)
     shown: frozenset[int] = frozenset()
@@ -148,15 +153,15 @@ def work(config: StudyConfig, out: Path, url: str, *, quiet: bool) -> int:
         time.sleep(poll)
 
 
-def work_in_process(job: tuple[StudyConfig, str, str, bool]) -> None:
+def work_in_process(job: tuple[StudyConfig, str, str, bool, bool]) -> None:
     """:func:`work` in a worker process of :func:`~valleys.bench.run.pool.run_pool`: the errors
     that stop a study are printed as one line and end the worker with exit code 1."""
     from valleys.bench.data import DatasetMissing
     from valleys.bench.run.checkpoint import CheckpointError
 
-    config, out, url, quiet = job
+    config, out, url, quiet, tensorboard = job
     try:
-        work(config, Path(out), url, quiet=quiet)
+        work(config, Path(out), url, quiet=quiet, tensorboard=tensorboard)
     except (StudyError, ValueError, CheckpointError, DatasetMissing) as exc:
         print(f"valleys study: worker error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -173,6 +178,7 @@ class _Worker:
         plans: Sequence[UnitPlan],
         task: Task,
         quiet: bool,
+        tensorboard: bool,
     ) -> None:
         import optuna
 
@@ -183,6 +189,7 @@ class _Worker:
         self.plans = plans
         self.task = task
         self.quiet = quiet
+        self.tensorboard = tensorboard
         with quiet_optuna():
             self.studies = {
                 plan.unit: optuna.load_study(
@@ -281,8 +288,9 @@ class _Worker:
         for seed in seeds:
             run_dir = self.out / "runs" / unit.dirname / run_key / f"seed-{seed}"
             resumed = (run_dir / CHECKPOINT_FILE).exists()
+            config = self.config.train_config(unit, params, seed)
             result = train(
-                self.config.train_config(unit, params, seed),
+                replace(config, tensorboard=self.tensorboard),
                 run_dir,
                 resume=True,
                 task=self.task,
