@@ -3,9 +3,9 @@
 A killed run resumed with ``--resume`` must end bit for bit where an uninterrupted run ends
 (parameters, optimizer state, result, metrics log), whatever the kill hit: a step, the write of a
 metrics line, the write of a checkpoint (whose temporary file the next start removes), or a moment
-drawn at random. The kills are ``SIGKILL`` (nothing runs after them): a child process (forked, so
-that it starts without importing torch again) kills itself at a chosen point, or this process kills
-it from outside.
+drawn at random. The kills are ``SIGKILL`` (nothing runs after them): a child process (forked from a
+server that has torch imported, so that it starts at once) kills itself at a chosen point, or this
+process kills it from outside.
 
 Every user or environment error ends as one ``valleys: error: ...`` line naming the argument or the
 file, with exit status 2 for usage errors and 1 for the others, and leaves the files on disk as
@@ -96,13 +96,21 @@ def _arm(fault: str) -> None:
 
 
 def _child(fault: str, argv: list[str]) -> None:
+    torch.set_num_threads(1)
     _arm(fault)
     os._exit(main(argv))
 
 
+# Children fork from a server that imported torch and valleys once, so each starts at once; not
+# from this process, which may hold other libraries' threads (JAX's, from another test module in
+# the same xdist worker), and forking a multithreaded process can deadlock the child.
+_CHILDREN = multiprocessing.get_context("forkserver")
+_CHILDREN.set_forkserver_preload(["torch", "valleys.commands.main"])
+
+
 def _start(argv: list[str], fault: str = "") -> multiprocessing.process.BaseProcess:
-    """``valleys ARGV`` in a forked child process: with this process's imports, it starts at once."""
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(fault, argv))
+    """``valleys ARGV`` in a child process forked from the preloaded server."""
+    child = _CHILDREN.Process(target=_child, args=(fault, argv))
     child.start()
     return child
 
