@@ -9,7 +9,12 @@ from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import tiny_study, write_study
+from study_fixtures import (
+    new_database,
+    postgres_server,  # noqa: F401  (a fixture)
+    tiny_study,
+    write_study,
+)
 
 from valleys.bench.study import runner
 from valleys.bench.study.parse import load_study_config
@@ -111,3 +116,36 @@ def test_studies_started_at_the_same_moment_on_a_new_file_both_finish(tmp_path: 
             if t.state == TrialState.COMPLETE
         ]
         assert sorted(complete) == [0, 1]
+
+
+_PG_RACER = """
+import sys, time
+from valleys.bench.study.storage import open_storage
+start, urls = float(sys.argv[1]), sys.argv[2:]
+for url in urls:
+    while time.time() < start:
+        time.sleep(0.0005)
+    open_storage(url)
+    start += 1.0
+"""
+
+
+@pytest.mark.slow  # two processes import the harness, then race on four new databases: ~10 s
+def test_two_workers_opening_a_new_postgresql_database_at_once_both_succeed(
+    request: pytest.FixtureRequest,
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    server = request.getfixturevalue("postgres_server")
+    urls = [new_database(server, f"race_{i}") for i in range(4)]
+    start = time.time() + 8.0  # both racers have imported everything by then
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PG_RACER, str(start), *urls], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    errors = [racer.communicate(timeout=120)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], errors

@@ -9,8 +9,9 @@ import contextlib
 import inspect
 import os
 import sys
+import time
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,9 @@ def open_storage(
     On SQLite every transaction starts with ``BEGIN IMMEDIATE``: Python's driver otherwise starts
     transactions only at the first write, so two workers could both read a trial as ``WAITING`` and
     both take it. PostgreSQL locks the row (``SELECT ... FOR UPDATE``) and needs nothing extra.
-    A new SQLite file gets its tables from one process at a time (see :func:`_creation_lock`).
+    A new SQLite file gets its tables from one process at a time (see :func:`_creation_lock`); a
+    worker that loses the race to create a new server database's tables opens it again
+    (:func:`_created_once`).
 
     Args:
         create: False for readers: a SQLite file that does not exist is an error, not created.
@@ -106,7 +109,9 @@ def open_storage(
     try:
         with warnings.catch_warnings(), _creation_lock(database):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **heartbeat)
+            storage = _created_once(
+                lambda: RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **heartbeat)
+            )
     except ImportError as exc:
         raise StudyError(
             f"cannot open storage {redact_url(url)}: the database driver is not installed ({exc}); "
@@ -120,6 +125,24 @@ def open_storage(
     if dialect == "sqlite":
         _begin_immediate(storage.engine)
     return storage
+
+
+def _created_once(open_: Callable[[], RDBStorage], attempts: int = 5) -> RDBStorage:
+    """``open_()``, again when it lost the race to create a new database's tables.
+
+    A database server has no file to lock (:func:`_creation_lock`): two workers opening a new
+    PostgreSQL database at once both find no tables, and the slower one's ``CREATE`` or schema
+    stamp fails on the other's ("duplicate key value", "already exists"). Opened again, it finds the
+    tables and the stamp and creates nothing.
+    """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts):
+        try:
+            return open_()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.1 * attempt)
+    return open_()
 
 
 @contextlib.contextmanager

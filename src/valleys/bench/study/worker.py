@@ -102,12 +102,22 @@ def _runnable(
 
 
 def _take(storage: BaseStorage, study: int, candidates: Sequence[FrozenTrial]) -> int | None:
-    """Atomically move the first candidate still ``WAITING`` to ``RUNNING``; return its id."""
+    """Atomically move the first candidate still ``WAITING`` to ``RUNNING``; return its id.
+
+    The candidates were read a moment ago: another worker may have taken one since, or even
+    finished it. Optuna answers False for a trial now ``RUNNING`` but raises for a finished one;
+    both mean "taken", so the next candidate is tried.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     for trial in candidates:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study, trial.number)
-        if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+        try:
+            taken = storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        except UpdateFinishedTrialError:
+            continue
+        if taken:
             # Before anything else: a trial without any heartbeat is never seen as stale.
             storage.record_heartbeat(trial_id)
             return trial_id
