@@ -26,7 +26,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -181,34 +181,66 @@ def placed_steps(placements: list[Any] | None) -> dict[str, Any]:
     }
 
 
-def worker(out: str) -> None:
-    import torch.distributed as dist
+def collect(rank: int, world: int) -> dict[str, Any]:
+    from torch.distributed.tensor import Replicate, Shard
 
     from valleys.optim._sharding import ShardedNorms
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     results: dict[str, Any] = {}
     for name in RUNS:
         results[f"ddp/{name}"] = train(name, ddp, rank, world)
         results[f"fsdp/{name}"] = train(name, fsdp, rank, world)
     results["counts"] = [count_all_reduces(h) for h in (0, 3)]
-    from torch.distributed.tensor import Replicate, Shard
-
     results["placed"] = placed_steps([Shard(0), Replicate()])
     # The wrong implementation: each rank takes its shard's norms for the full tensor's.
     reduce = ShardedNorms.reduce
     ShardedNorms.reduce = lambda self, squares, indices: squares  # type: ignore[method-assign]
     results["fsdp/alto_per_shard"] = train("alto", fsdp, rank, world)
     ShardedNorms.reduce = reduce  # type: ignore[method-assign]
+    return results
+
+
+def serve_rank(collect: Callable[[int, int], Any], out: str) -> NoReturn:
+    """Be one rank of a gloo job: ``collect(rank, world)`` on every rank, all of them saved to
+    ``out`` by rank 0 (a list indexed by rank), then the exit protocol of the module docstring."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, collect(rank, world))
     if rank == 0:
-        torch.save(results, out)
+        torch.save(gathered, out)
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def launch_ranks(script: str, out: Path) -> list[Any]:
+    """Run ``script OUT`` as :data:`WORLD` gloo ranks on 127.0.0.1; every rank's result."""
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(WORLD),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(out)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(WORLD)
+    ]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return torch.load(out, weights_only=False)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -222,28 +254,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every case's result from one 2-process gloo run."""
-    out = tmp_path_factory.mktemp("dist") / "results.pt"
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": str(WORLD),
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    return torch.load(out, weights_only=False)
+    """Every case's result from one 2-process gloo run (rank 0's)."""
+    return launch_ranks(__file__, tmp_path_factory.mktemp("dist") / "results.pt")[0]
 
 
 @pytest.fixture(scope="module")
@@ -323,4 +335,4 @@ def test_grad_scaler_skip_leaves_state_untouched(name: str) -> None:
 
 
 if __name__ == "__main__":
-    worker(str(Path(sys.argv[1])))
+    serve_rank(collect, sys.argv[1])

@@ -12,15 +12,22 @@ model, batches and wrappers of ``test_distributed.py`` and its exit protocol (``
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from test_distributed import RUNS, WORLD, _free_port, batches, ddp, fsdp, make_model, make_optimizer
+from test_distributed import (
+    RUNS,
+    batches,
+    ddp,
+    fsdp,
+    launch_ranks,
+    make_model,
+    make_optimizer,
+    serve_rank,
+)
 from torch import Tensor, nn
 
 E_RUNS = [name for name, (case, _) in RUNS.items() if case.explores]
@@ -48,14 +55,9 @@ def telemetry(name: str, wrap: Callable[[nn.Module], nn.Module], rank: int, worl
     return torch.stack(values)
 
 
-def worker(out: str) -> None:
-    import torch.distributed as dist
-
+def collect(rank: int, world: int) -> dict[str, Tensor]:
     from valleys.optim._sharding import ShardedNorms
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     results: dict[str, Tensor] = {}
     for name in E_RUNS:
         results[f"ddp/{name}"] = telemetry(name, ddp, rank, world)
@@ -65,41 +67,13 @@ def worker(out: str) -> None:
     ShardedNorms.reduce_total = lambda self, sums: sums  # type: ignore[method-assign]
     results["fsdp/local"] = telemetry(E_RUNS[0], fsdp, rank, world)
     ShardedNorms.reduce_total = reduce_total  # type: ignore[method-assign]
-    gathered: list[dict[str, Tensor] | None] = [None] * world
-    dist.all_gather_object(gathered, results)
-    if rank == 0:
-        torch.save(gathered, out)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return results
 
 
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Tensor]]:
     """Every rank's telemetry from one 2-process gloo run."""
-    out = tmp_path_factory.mktemp("dist") / "telemetry.pt"
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": str(WORLD),
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    return torch.load(out, weights_only=False)
+    return launch_ranks(__file__, tmp_path_factory.mktemp("dist") / "telemetry.pt")
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -121,4 +95,4 @@ def test_local_shards_alone_would_fail(distributed: list[dict[str, Tensor]]) -> 
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    serve_rank(collect, sys.argv[1])
