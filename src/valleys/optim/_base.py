@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from . import _functional as F
 from . import auto_e
 from ._sharding import local, sharded_norms
+from ._stepping import evaluate_closure
 from ._telemetry import ETelemetry
 from ._validation import check_lr, check_max_grad_norm, check_non_negative, check_state_dtype
 
@@ -192,10 +193,7 @@ class ValleyOptimizer(ETelemetry, Optimizer):
             closure: re-evaluates the model and returns the loss; called once, with grad enabled,
                 before any gradient is read.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
 
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         for grad in grads:

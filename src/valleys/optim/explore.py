@@ -12,22 +12,21 @@ kept as one buffer per parameter, the EMA :math:`e_k` of the raw gradients:
 
 from __future__ import annotations
 
-import contextlib
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable
 from itertools import chain
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim import optimizer as optimizer_module
 
 from . import auto_e
 from ._base import as_real, resolve_foreach, zeros_state
 from ._e import advance_, advance_multi_, ghat_coefficient, grad_hat, grad_hat_multi
 from ._e_group import e_active
 from ._fused import fused_grad_hat
+from ._stepping import evaluate_closure, without_global_step_hooks
 from ._telemetry import ETelemetry, perturbation_sums, perturbation_sums_multi
 from ._validation import check_beta
 
@@ -155,10 +154,7 @@ class Explore(ETelemetry, Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Evaluate the closure, step the base optimizer on E's gradients, advance E."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
 
         groups = []
         for group in self.param_groups:
@@ -187,7 +183,7 @@ class Explore(ETelemetry, Optimizer):
                     p.grad = ghat
                 advances.append((group, emas, grads, foreach))
                 group_sums.append(sums)
-            with _without_global_step_hooks():
+            with without_global_step_hooks():
                 self.optimizer.step()
         finally:
             for p, grad in swapped:
@@ -293,33 +289,3 @@ class Explore(ETelemetry, Optimizer):
 
     def _params(self) -> list[Tensor]:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
-
-
-@contextlib.contextmanager
-def _without_global_step_hooks() -> Iterator[None]:
-    """A context in which torch's global optimizer step hooks do not run.
-
-    They ran for the Explore step around the base optimizer's, which is part of that one step:
-    a hook counting steps or timing them must see it once. The base optimizer's own step hooks
-    still run. torch looks the global hook tables up by name on every step, so empty ones are put
-    in their place; a hook registered meanwhile is kept, and removing one meanwhile still works
-    (its handle refers to the real table). Another thread stepping an optimizer at the same time
-    would miss the global hooks too.
-    """
-    names = ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")
-    tables: list[OrderedDict[int, Any] | None] = [
-        getattr(optimizer_module, name, None) for name in names
-    ]
-    if not any(tables) or None in tables:  # no global hooks (the usual case); an unknown torch
-        yield
-        return
-    stand_ins: list[OrderedDict[int, Any]] = [OrderedDict() for _ in names]
-    for name, stand_in in zip(names, stand_ins, strict=True):
-        setattr(optimizer_module, name, stand_in)
-    try:
-        yield
-    finally:
-        for name, table, stand_in in zip(names, tables, stand_ins, strict=True):
-            assert table is not None
-            setattr(optimizer_module, name, table)
-            table.update(stand_in)

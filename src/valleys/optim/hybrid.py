@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .explore import _without_global_step_hooks
+from ._stepping import evaluate_closure, without_global_step_hooks
 from .groups import param_groups
 
 __all__ = ["MuonAdamW", "hidden_matrix_names", "muon_param_groups"]
@@ -104,12 +104,9 @@ class MuonAdamW(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Evaluate ``closure`` once (grad enabled), then take the Muon and the AdamW step."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         # Global step hooks ran for this step already; the inner steps are part of it.
-        with _without_global_step_hooks():
+        with without_global_step_hooks():
             for inner in self._inner.values():
                 inner.step()
         return loss
