@@ -62,6 +62,13 @@ def test_resnet20_is_he_et_al() -> None:
     assert sum(p.numel() for p in model.parameters()) == 269_722
 
 
+def test_small_cnn_normalises_each_convolution_with_batchnorm() -> None:
+    model = small_cnn(10, width=8)
+    norms = [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert norms == [8, 16] and all(conv.bias is None for conv in convs)
+
+
 def test_mlp_has_three_linear_layers() -> None:
     layers = [m for m in mlp().modules() if isinstance(m, nn.Linear)]
     assert [(layer.in_features, layer.out_features) for layer in layers] == [
@@ -74,6 +81,10 @@ def test_mlp_has_three_linear_layers() -> None:
 def test_bad_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="image_size"):
         small_cnn(10, image_size=3)
+    with pytest.raises(ValueError, match="width"):
+        small_cnn(10, width=0)
+    with pytest.raises(ValueError, match="width"):
+        resnet20(10, width=0)
     with pytest.raises(ValueError, match="depth"):
         mlp(depth=0)
 

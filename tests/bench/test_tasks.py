@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from valleys.bench.data import DatasetMissing
 from valleys.bench.run.config import TrainConfig
@@ -76,6 +78,9 @@ def test_registry_lists_every_task_of_the_issue() -> None:
         ("digits", TaskOptions(model_path="/x"), "does not take one"),
         ("digits", TaskOptions(train_limit=0), "train_limit must be >= 1"),
         ("digits", TaskOptions(context=0), "context must be >= 1"),
+        ("digits", TaskOptions(width=0), "width must be >= 1"),
+        ("digits", TaskOptions(layers=2), "fixed depth"),
+        ("austen-lm", TaskOptions(width=30), "multiple of its 4 heads"),
     ],
 )
 def test_bad_task_choices_are_refused(name: str, options: TaskOptions, message: str) -> None:
@@ -239,6 +244,30 @@ def test_austen_language_model() -> None:
     assert task.metric == "perplexity" and not task.higher_is_better
     assert result.best_metric == pytest.approx(math.exp(result.history[0]["test_loss"]))
     assert task.info["vocab_size"] >= 70
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "size"),
+    [
+        ("digits", TaskOptions(model="small_cnn", width=8), lambda m: m[0].out_channels == 8),
+        ("digits", TaskOptions(model="resnet20", width=4), lambda m: m.fc.in_features == 16),
+        ("digits", TaskOptions(model="mlp", width=40), lambda m: m[1][0].out_features == 40),
+        (
+            "rotten-tomatoes",
+            TaskOptions(width=32, layers=1, vocab_size=500, train_limit=8, test_limit=8),
+            lambda m: m.config.hidden_size == 32 and m.config.num_hidden_layers == 1,
+        ),
+        (
+            "austen-lm",
+            TaskOptions(width=16, layers=3, context=16, train_limit=8, test_limit=8),
+            lambda m: m.config.n_embd == 16 and m.config.n_layer == 3,
+        ),
+    ],
+)
+def test_width_and_layers_size_the_model(
+    name: str, options: TaskOptions, size: Callable[[nn.Module], bool]
+) -> None:
+    assert size(build_task(name, options).build_model())
 
 
 def test_text_file_language_model(tmp_path: Path) -> None:

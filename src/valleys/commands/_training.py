@@ -72,6 +72,10 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
     task.add_argument("--max-length", type=positive_int, help="tokens per text")
     task.add_argument("--context", type=positive_int, help="characters per LM window")
     task.add_argument("--vocab-size", type=positive_int, help="WordPiece vocabulary size")
+    task.add_argument(
+        "--width", type=positive_int, help="model width: channels, hidden or embedding size"
+    )
+    task.add_argument("--layers", type=positive_int, help="Transformer blocks (text, LM)")
     task.add_argument("--train-limit", type=positive_int, help="use only N training examples")
     task.add_argument("--test-limit", type=positive_int, help="use only N test examples")
 

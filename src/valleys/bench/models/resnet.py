@@ -80,10 +80,13 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
 
 
-def resnet20(num_classes: int, in_channels: int = 3) -> nn.Module:
-    """ResNet-20 (3 stages × 3 basic blocks, 16/32/64 channels, option-A shortcuts).
+def resnet20(num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Module:
+    """ResNet-20 (3 stages × 3 basic blocks, ``width``/2·``width``/4·``width`` channels: 16/32/64 as
+    in He et al. by default, option-A shortcuts).
 
     Takes float images ``[B, in_channels, H, W]`` (any ``H, W ≥ 8``) and returns logits
     ``[B, num_classes]``.
     """
-    return CifarResNet(3, num_classes, in_channels)
+    if width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
+    return CifarResNet(3, num_classes, in_channels, width)

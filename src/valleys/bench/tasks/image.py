@@ -49,14 +49,20 @@ def image_task(
 
         def build_model() -> nn.Module:
             if model_name == "resnet20":
-                return models.resnet20(num_classes=num_classes, in_channels=channels)
+                return models.resnet20(
+                    num_classes=num_classes, in_channels=channels, width=options.width or 16
+                )
             if model_name == "mlp":
+                hidden = options.width or _IMAGE_MLP_WIDTH
                 return nn.Sequential(
                     nn.Flatten(),
-                    models.mlp(channels * height * width, _IMAGE_MLP_WIDTH, num_classes, depth=3),
+                    models.mlp(channels * height * width, hidden, num_classes, depth=3),
                 )
             return models.small_cnn(
-                num_classes=num_classes, in_channels=channels, image_size=height
+                num_classes=num_classes,
+                in_channels=channels,
+                image_size=height,
+                width=options.width or 32,
             )
 
         return Task(

@@ -42,7 +42,12 @@ def language_model_task(
         vocab_size = len(vocab)
 
         def build_model() -> nn.Module:
-            return models.gpt2_lm(vocab_size=vocab_size, context=options.context)
+            return models.gpt2_lm(
+                vocab_size=vocab_size,
+                context=options.context,
+                n_embd=options.width or 128,
+                n_layer=options.layers or 4,
+            )
 
         return Task(
             name=name,

@@ -199,6 +199,9 @@ def get_task_spec(name: str) -> TaskSpec:
         ) from None
 
 
+_ATTENTION_MODELS = ("transformer", "gpt2")
+
+
 def resolve_model(name: str, model: str | None) -> str:
     """The model task ``name`` uses for the choice ``model``; ``ValueError`` for an invalid one."""
     spec = get_task_spec(name)
@@ -223,6 +226,10 @@ def check_task_options(name: str, options: TaskOptions) -> str:
     for option, meaning in spec.requires:
         if getattr(options, option) is None:
             raise ValueError(f"task {name!r} needs {meaning}")
+    if model_name in _ATTENTION_MODELS and options.width is not None and options.width % 4:
+        raise ValueError(f"width of the {model_name} must be a multiple of its 4 heads")
+    if options.layers is not None and model_name not in _ATTENTION_MODELS:
+        raise ValueError(f"layers sets a Transformer's depth; the {model_name} has a fixed depth")
     if options.model_path is not None and spec.models != ("transformer",):
         raise ValueError(
             f"model_path fine-tunes a text classifier; task {name!r} does not take one"

@@ -40,6 +40,11 @@ class TaskOptions:
         max_length: tokens per text for text classification.
         context: characters per window for language modelling.
         vocab_size: WordPiece vocabulary trained on the training texts.
+        width: the model's width (None: the model's own default): ``small_cnn``'s first
+            convolution (32), ``resnet20``'s first stage (16), the text Transformer's hidden size
+            (128), GPT-2's embedding size (128), the image MLP's hidden layers (256). Transformer
+            widths must be multiples of their 4 attention heads.
+        layers: Transformer blocks of the text classifier (2) and GPT-2 (4) (None: those defaults).
         train_limit: keep only this many training examples (a fixed random subset).
         test_limit: keep only this many test examples (a fixed random subset).
     """
@@ -52,6 +57,8 @@ class TaskOptions:
     max_length: int = 64
     context: int = 128
     vocab_size: int = 8000
+    width: int | None = None
+    layers: int | None = None
     train_limit: int | None = None
     test_limit: int | None = None
 
@@ -60,7 +67,7 @@ class TaskOptions:
         for name in ("image_size", "max_length", "context", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit"):
+        for name in ("width", "layers", "train_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")

@@ -37,7 +37,13 @@ def text_classification_task(
             vocab_size = tokenizer.get_vocab_size()
 
             def build_model() -> nn.Module:
-                return models.text_classifier(vocab_size, num_classes, options.max_length)
+                return models.text_classifier(
+                    vocab_size,
+                    num_classes,
+                    options.max_length,
+                    hidden_size=options.width or 128,
+                    layers=options.layers or 2,
+                )
 
         train_ids, train_mask = tokenization.encode_batch(
             tokenizer, splits.train_texts, options.max_length
