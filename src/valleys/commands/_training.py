@@ -81,7 +81,7 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(run: argparse._ArgumentGroup) -> None:
-    from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES
+    from valleys.bench.run.schedules import E_SCHEDULES, SCALING_RULES, SCHEDULES
 
     run.add_argument("--batch-size", type=positive_int, help="global batch size")
     run.add_argument(
@@ -94,6 +94,11 @@ def _add_run_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (default: constant)")
     run.add_argument("--warmup-epochs", type=non_negative_float, help="linear lr warmup")
     run.add_argument("--poly-power", type=positive_float, help="exponent of the poly schedule")
+    run.add_argument(
+        "--e-schedule",
+        choices=E_SCHEDULES,
+        help="E's alpha: constant, or decayed to 0 over the run (linear, cosine)",
+    )
     run.add_argument("--lr-scaling", choices=SCALING_RULES, help="lr scaling with batch size")
     run.add_argument("--base-batch-size", type=positive_int, help="batch size --lr applies to")
     run.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm")

@@ -288,9 +288,14 @@ class _InterruptAt:
                 raise KeyboardInterrupt
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(digits: Task, tmp_path: Path) -> None:
+@pytest.mark.parametrize("e_schedule", ["constant", "cosine"])
+def test_resume_after_interrupt_equals_uninterrupted_run(
+    digits: Task, tmp_path: Path, e_schedule: str
+) -> None:
     task = _dropout_task(digits)
-    config = _config(epochs=4, schedule="cosine", warmup_epochs=1.0, optimizer="alto")
+    config = _config(
+        epochs=4, schedule="cosine", warmup_epochs=1.0, optimizer="alto", e_schedule=e_schedule
+    )
     straight = train(config, tmp_path / "straight", task=task, quiet=True)
 
     hook = _InterruptAt(n=2 * 5 * 3 + 4)  # 5 steps × 3 micro-batches per epoch: mid-epoch 3

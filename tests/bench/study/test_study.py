@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -262,6 +263,39 @@ def test_a_point_planned_twice_by_racing_planners_runs_once(tmp_path: Path) -> N
             "has no value for batch size 32",
         ),
         ({"workers": {"heartbeat_interval": 5, "grace_period": 5}}, "must exceed"),
+        (
+            {"optimizers": {"mine": {"optimizer": "altoo", "lr": 0.01}}},
+            "[optimizers.mine]: Unknown optimizer 'altoo'",
+        ),
+        (
+            {"optimizers": {"sgd": {"lr": 0.1, "e_schedule": "cosine"}}},
+            "unknown key 'e_schedule' in [optimizers.sgd]",
+        ),
+        (
+            {"optimizers": {"alto": {"lr": 0.1, "e_schedule": "step"}}},
+            "optimizers.alto.e_schedule must be one of constant, linear, cosine",
+        ),
+        (
+            {
+                "optimizers": {
+                    "a": {
+                        "optimizer": "alto",
+                        "lr": 0.1,
+                        "e_schedule": "cosine",
+                        "target_perturbation": 0.1,
+                    }
+                }
+            },
+            "e_schedule and target_perturbation both set E's alpha",
+        ),
+        (
+            {"optimizers": {"alto": {"lr": 0.1, "target_perturbation": [0.0]}}},
+            "optimizers.alto.target_perturbation value must be > 0",
+        ),
+        (
+            {"optimizers": {"adamw": {"lr": 0.1, "target_perturbation": 0.1}}},
+            "unknown key 'target_perturbation' in [optimizers.adamw]",
+        ),
     ],
 )
 def test_bad_configurations_are_refused_by_key(changes: dict, message: str) -> None:
@@ -360,6 +394,53 @@ def test_e_beta1_reaches_each_optimizer_its_own_way() -> None:
         "beta": 0.9,
         "momentum": 0.8,
     }
+
+
+def test_variants_of_one_optimizer_are_units_of_their_own(tmp_path: Path) -> None:
+    variants = {
+        "alto": {"lr": 0.01, "alpha": -5, "beta1": 0.99},
+        "alto_auto": {
+            "optimizer": "alto",
+            "lr": 0.01,
+            "alpha": -5,
+            "beta1": 0.99,
+            "target_perturbation": [0.05, 0.2],
+        },
+        "alto_cosine": {
+            "optimizer": "alto",
+            "lr": 0.01,
+            "alpha": -5,
+            "beta1": 0.99,
+            "e_schedule": "cosine",
+        },
+    }
+    data = tiny_study(optimizers=variants, batch_sizes=[64], seeds=[0])
+    config = load_study_config(write_study(tmp_path / "study.toml", data))
+    out = tmp_path / "out"
+
+    progress = run_study(config, out, quiet=True)
+
+    assert (progress.total, progress.done, progress.failed) == (4, 4, 0)
+    trials = _trials(_sqlite(out))
+    assert sorted(trials) == [f"tiny/digits/{name}/bs64" for name in sorted(variants)]
+    configs = {
+        Path(t.user_attrs["per_seed"][0]["run_dir"]).parent.parent.name: json.loads(
+            (Path(t.user_attrs["per_seed"][0]["run_dir"]) / "config.json").read_text()
+        )
+        for group in trials.values()
+        for t in group
+        if t.params.get("target_perturbation", 0.05) == 0.05
+    }
+    assert {name: c["optimizer"] for name, c in configs.items()} == {
+        "alto-bs64": "alto",
+        "alto_auto-bs64": "alto",
+        "alto_cosine-bs64": "alto",
+    }
+    assert configs["alto_auto-bs64"]["optimizer_args"]["target_perturbation"] == 0.05
+    assert configs["alto_cosine-bs64"]["e_schedule"] == "cosine"
+    assert configs["alto-bs64"]["e_schedule"] == "constant"
+    report = write_study_report(_sqlite(out), config.name, out).read_text()
+    assert "alto_auto" in report and "alto_cosine" in report
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from torch import nn
 
 from valleys.bench.run.checkpoint import read_json
 from valleys.bench.run.metrics_log import require_tensorboard
-from valleys.bench.run.schedules import SCALING_RULES, SCHEDULES
+from valleys.bench.run.schedules import E_SCHEDULES, SCALING_RULES, SCHEDULES
 from valleys.bench.tasks import TaskOptions, check_task_options
 
 __all__ = [
@@ -85,6 +85,8 @@ class TrainConfig:
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         poly_power: exponent of the ``poly`` schedule.
         lr_scaling: one of :data:`valleys.bench.run.schedules.SCALING_RULES`.
+        e_schedule: how E's α follows the run, one of
+            :data:`valleys.bench.run.schedules.E_SCHEDULES` (an optimizer with E and a fixed α).
         base_batch_size: the batch size at which ``lr`` applies unscaled.
         clip_grad_norm: clip the global gradient norm to this value, once, for any optimizer
             (None: each optimizer's own setting; see :attr:`effective_clip_grad_norm`).
@@ -109,6 +111,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     poly_power: float = 1.0
     lr_scaling: str = "none"
+    e_schedule: str = "constant"
     base_batch_size: int = 256
     clip_grad_norm: float | None = None
     weight_decay: float | None = None
@@ -149,6 +152,7 @@ class TrainConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
             )
+        self._check_e_schedule()
         if self.lr_scaling not in SCALING_RULES:
             raise ValueError(
                 f"unknown lr scaling rule {self.lr_scaling!r}; valid rules: "
@@ -164,6 +168,27 @@ class TrainConfig:
         check_task_options(self.task, self.task_options)
         if self.tensorboard:
             require_tensorboard()
+
+    def _check_e_schedule(self) -> None:
+        from valleys.optim import optimizer_info
+
+        if self.e_schedule not in E_SCHEDULES:
+            raise ValueError(
+                f"unknown E schedule {self.e_schedule!r}; valid E schedules: "
+                f"{', '.join(E_SCHEDULES)}"
+            )
+        if self.e_schedule == "constant":
+            return
+        if not optimizer_info(self.optimizer).explores:
+            raise ValueError(
+                f"e_schedule {self.e_schedule!r} schedules E's alpha; optimizer "
+                f"{self.optimizer!r} does not apply E"
+            )
+        if self.optimizer_args.get("target_perturbation") is not None:
+            raise ValueError(
+                "e_schedule and target_perturbation both set E's alpha (a schedule, or auto-E); "
+                "give one of them"
+            )
 
     @property
     def effective_micro_batch_size(self) -> int:
@@ -218,14 +243,17 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be resumed by this configuration.
 
-        ``epochs`` matters only when the schedule depends on the run's length: a constant-rate run
-        may be extended by resuming it with more epochs.
+        ``epochs`` matters only when a schedule (the lr's or E's) depends on the run's length: a
+        constant run may be extended by resuming it with more epochs.
         """
         data = asdict(self)
         for name in _NOT_FINGERPRINTED:
             data.pop(name)
-        if self.schedule == "constant":
-            data.pop("epochs")
+        if self.e_schedule == "constant":
+            # Left out at its default, so that checkpoints from before the option still resume.
+            data.pop("e_schedule")
+            if self.schedule == "constant":
+                data.pop("epochs")
         return data
 
 

@@ -151,6 +151,8 @@ def _apply(state: RunState, record: dict[str, Any]) -> None:
     state.optimizer.step()
     record.update(_e_telemetry(state.optimizer))
     state.scheduler.step()
+    if state.e_scheduler is not None:
+        state.e_scheduler.step()
     state.progress.step += 1
     state.reporting.write(record)
 

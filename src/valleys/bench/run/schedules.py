@@ -12,9 +12,13 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from valleys.optim import CosineE, EScheduler, LinearE
+
 __all__ = [
+    "E_SCHEDULES",
     "SCALING_RULES",
     "SCHEDULES",
+    "build_e_schedule",
     "build_schedule",
     "lr_factor",
     "scale_lr",
@@ -23,6 +27,10 @@ __all__ = [
 SCHEDULES: tuple[str, ...] = ("constant", "step", "poly", "cosine")
 """Schedule names: constant; ×0.1 at each quarter (the paper's CIFAR runs); warmup + polynomial
 decay to zero (Lamb's recipe); cosine decay to zero."""
+
+E_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
+"""How E's α follows a run: constant; a straight line or a half cosine from the optimizer's α down
+to 0 over the run's optimizer steps (explore early, settle late; the last step is E off)."""
 
 SCALING_RULES: tuple[str, ...] = ("none", "linear", "sqrt")
 """How the base learning rate grows with the batch size (Goyal et al.: linear; Lamb: square root)."""
@@ -90,6 +98,24 @@ def build_schedule(
         return lr_factor(name, step, total_steps, warmup_steps=warmup_steps, power=power)
 
     return LambdaLR(optimizer, factor)
+
+
+def build_e_schedule(name: str, optimizer: Optimizer, total_steps: int) -> EScheduler | None:
+    """The :class:`~valleys.optim.EScheduler` of E's α that ``name`` (:data:`E_SCHEDULES`) asks
+    for, stepped once per optimizer step like the lr's; None for ``"constant"``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), or an optimizer whose
+            groups do not all apply E with a fixed α.
+    """
+    if name not in E_SCHEDULES:
+        raise ValueError(
+            f"unknown E schedule {name!r}; valid E schedules: {', '.join(E_SCHEDULES)}"
+        )
+    if name == "constant":
+        return None
+    ramp = LinearE if name == "linear" else CosineE
+    return ramp(optimizer, "alpha", end=0.0, total_steps=max(1, total_steps))
 
 
 def scale_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:

@@ -35,6 +35,7 @@ from valleys.bench.run.distributed import ContextFactory, Ranks
 from valleys.bench.run.metrics_log import MetricsLog, read_metrics
 from valleys.bench.run.progress import emit
 from valleys.bench.tasks import Task
+from valleys.optim import EScheduler
 
 __all__ = [
     "Progress",
@@ -101,6 +102,7 @@ class RunState:
         no_sync: the wrapper's context that defers gradient communication, if any.
         optimizer: the run's optimizer, over ``model``'s parameters.
         scheduler: the learning-rate schedule, stepped once per optimizer step.
+        e_scheduler: E's α schedule (``e_schedule``), stepped with it; None: α as given.
         micro: examples per forward/backward pass on this rank.
         target: target of the primary metric for "time to target".
         amp: the bf16 autocast context factory, when the run uses it.
@@ -120,6 +122,7 @@ class RunState:
     micro: int
     target: float | None
     amp: ContextFactory | None = None
+    e_scheduler: EScheduler | None = None
     out: Path | None = None
     progress: Progress = field(default_factory=Progress)
     reporting: Reporting = field(default_factory=Reporting)
@@ -155,6 +158,7 @@ def save_run_checkpoint(state: RunState, path: Path) -> None:
         "fingerprint": state.config.fingerprint(),
         "epoch": epoch,
         "scheduler": state.scheduler.state_dict(),
+        "e_scheduler": state.e_scheduler.state_dict() if state.e_scheduler else None,
         "rng": get_rng_state(),
         "progress": asdict(state.progress),
     }
@@ -180,6 +184,8 @@ def restore_checkpoint(state: RunState, path: Path) -> None:
     try:
         load_model_and_optimizer(payload, path.parent, state.model, state.optimizer)
         state.scheduler.load_state_dict(payload["scheduler"])
+        if state.e_scheduler is not None:
+            state.e_scheduler.load_state_dict(payload["e_scheduler"])
         state.progress = Progress(**payload["progress"])
         set_rng_state(payload["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:

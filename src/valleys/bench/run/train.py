@@ -45,7 +45,7 @@ from valleys.bench.run.config import (
 from valleys.bench.run.distributed import ContextFactory, Ranks, join_ranks, wrap_model
 from valleys.bench.run.loop import run_epochs
 from valleys.bench.run.metrics_log import MetricsLog
-from valleys.bench.run.schedules import build_schedule, scale_lr
+from valleys.bench.run.schedules import build_e_schedule, build_schedule, scale_lr
 from valleys.bench.run.state import (
     Reporting,
     RunState,
@@ -247,6 +247,7 @@ def _set_up(
         no_sync=no_sync,
         optimizer=optimizer,
         scheduler=scheduler,
+        e_scheduler=build_e_schedule(config.e_schedule, optimizer, total_steps),
         micro=config.micro_batch_per_rank(ranks.world),
         target=config.target if config.target is not None else task.target,
         amp=_bf16_autocast(device) if config.bf16 else None,

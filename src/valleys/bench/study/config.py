@@ -113,15 +113,21 @@ class StudyConfig:
         """The Optuna studies of this configuration, optimizer by optimizer."""
         return [
             StudyUnit(
-                space.optimizer, batch, f"{self.name}/{self.task}/{space.optimizer}/bs{batch}"
+                space.optimizer,
+                batch,
+                f"{self.name}/{self.task}/{space.name}/bs{batch}",
+                space.label,
             )
             for space in self.optimizers
             for batch in self.batch_sizes
         ]
 
+    def _optimizer_space(self, unit: StudyUnit) -> OptimizerSpace:
+        return next(s for s in self.optimizers if s.name == unit.name)
+
     def space(self, unit: StudyUnit) -> dict[str, Space]:
         """The search space of ``unit``."""
-        return next(s for s in self.optimizers if s.optimizer == unit.optimizer).at(unit.batch_size)
+        return self._optimizer_space(unit).at(unit.batch_size)
 
     def fingerprint(self, unit: StudyUnit) -> dict[str, Any]:
         """What results stored under ``unit.study_name`` depend on, beyond the planned points.
@@ -137,6 +143,12 @@ class StudyConfig:
             "objective": self.objective,
             "training": dict(sorted(self.training.items())),
         }
+        # Added only where used, so that studies from before these settings keep their results.
+        if unit.label is not None:
+            data["optimizer"] = unit.optimizer
+        e_schedule = self._optimizer_space(unit).e_schedule
+        if e_schedule != "constant":
+            data["e_schedule"] = e_schedule
         if self.kind == "random":
             data["space"] = {name: space_to_data(s) for name, s in self.space(unit).items()}
             data["seeds"] = list(self.seeds)
@@ -148,7 +160,8 @@ class StudyConfig:
         return {
             "config": self.name,
             "task": self.task,
-            "optimizer": unit.optimizer,
+            "optimizer": unit.name,
+            "registered": unit.optimizer,
             "batch_size": unit.batch_size,
             "kind": self.kind,
             "objective": self.objective,
@@ -168,8 +181,9 @@ class StudyConfig:
 
         info = optimizer_info(unit.optimizer)
         args = info.e_kwargs(params.get("alpha"), params.get("beta1"))
-        if "momentum" in params:
-            args["momentum"] = float(params["momentum"])
+        for name in ("momentum", "target_perturbation"):
+            if name in params:
+                args[name] = float(params[name])
         weight_decay = params.get("weight_decay")
         return TrainConfig(
             task=self.task,
@@ -181,6 +195,7 @@ class StudyConfig:
             weight_decay=float(weight_decay) if weight_decay is not None else None,
             warmup_epochs=float(params.get("warmup_epochs", 0.0)),
             optimizer_args=args,
+            e_schedule=self._optimizer_space(unit).e_schedule,
             target=self.target,
             task_options=self.task_options,
             **self.training,
@@ -205,7 +220,7 @@ class StudyConfig:
                 points, skipped = random_points(unit, space, self.trials, self.sampler_seed), 0
             if not points:
                 raise StudyConfigError(
-                    f"[optimizers.{unit.optimizer}] at batch size {unit.batch_size}: every grid "
+                    f"[optimizers.{unit.name}] at batch size {unit.batch_size}: every grid "
                     f"point lies outside E's stable region |alpha| < 1/(1 - beta1)"
                 )
             for params, _ in points:
@@ -233,7 +248,7 @@ class StudyConfig:
         except (ValueError, TypeError) as exc:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             raise StudyConfigError(
-                f"[optimizers.{unit.optimizer}] at batch size {unit.batch_size} ({shown}): {exc}"
+                f"[optimizers.{unit.name}] at batch size {unit.batch_size} ({shown}): {exc}"
             ) from None
 
     def quick_version(self) -> StudyConfig:
@@ -243,9 +258,9 @@ class StudyConfig:
         ends = sorted({min(self.batch_sizes), max(self.batch_sizes)})
         batch_sizes = sorted({min(batch, limit) for batch in ends})
         optimizers = [
-            OptimizerSpace(
-                space.optimizer,
-                {
+            replace(
+                space,
+                params={
                     name: [(start, quick_space(name, s)) for start, s in steps]
                     for name, steps in space.params.items()
                 },

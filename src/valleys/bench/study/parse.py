@@ -109,6 +109,16 @@ def parse_study_config(data: Mapping[str, Any]) -> StudyConfig:
         beta1 = { low = 0.9, high = 0.999 }              # random: a range, or one number
         alpha = { by_batch_size = { 1 = 0.5, 1024 = -5 } }  # any space may depend on the batch
 
+        [optimizers.alto_auto]          # a label: another variant of a registered optimizer
+        optimizer = "alto"
+        lr = 0.01
+        target_perturbation = [0.02, 0.1]  # auto-E's rho (alpha then adapts from its start)
+
+        [optimizers.alto_decay]
+        optimizer = "alto"
+        lr = 0.01
+        e_schedule = "cosine"           # E's alpha decayed to 0 over each run (or "linear")
+
     Raises:
         StudyConfigError: the first problem, naming the key and the valid choices.
     """

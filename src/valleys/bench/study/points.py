@@ -34,16 +34,29 @@ Point = tuple[dict[str, float], str]
 
 @dataclass(frozen=True)
 class StudyUnit:
-    """One Optuna study of a configuration: one optimizer at one batch size."""
+    """One Optuna study of a configuration: one optimizer at one batch size.
+
+    Attributes:
+        optimizer: the registered optimizer.
+        batch_size: the global batch.
+        study_name: the Optuna study's name.
+        label: the study's name for a variant of ``optimizer`` (None: ``optimizer`` itself).
+    """
 
     optimizer: str
     batch_size: int
     study_name: str
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What reports and progress lines call this optimizer: its label, else its name."""
+        return self.label or self.optimizer
 
     @property
     def dirname(self) -> str:
         """Folder of this unit's runs under ``<out>/runs/``."""
-        return f"{self.optimizer}-bs{self.batch_size}"
+        return f"{self.name}-bs{self.batch_size}"
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ def random_points(
     ranges = {name: s for name, s in space.items() if isinstance(s, Range)}
     if not ranges:
         raise StudyConfigError(
-            f"[optimizers.{unit.optimizer}]: a random study needs at least one parameter "
+            f"[optimizers.{unit.name}]: a random study needs at least one parameter "
             "given as a range {low, high, log}; every one is fixed"
         )
     _check_stable_box(unit, space)
@@ -151,7 +164,7 @@ def _check_stable_box(unit: StudyUnit, space: Mapping[str, Space]) -> None:
         if not _stable(unit, params):
             eff_alpha, eff_beta1 = _effective_e(unit, params)
             raise StudyConfigError(
-                f"[optimizers.{unit.optimizer}] at batch size {unit.batch_size}: the box reaches "
+                f"[optimizers.{unit.name}] at batch size {unit.batch_size}: the box reaches "
                 f"alpha={eff_alpha}, beta1={eff_beta1}, outside E's stable region "
                 f"|alpha| < 1/(1 - beta1) = {1 / (1 - eff_beta1) if eff_beta1 < 1 else math.inf:g}; "
                 "narrow alpha or raise beta1's low end"

@@ -3,6 +3,8 @@
 The report (``report.md`` with PNGs under ``figures/``) has, where the study has the data for it:
 
 - the best configuration of each optimizer at each batch size, mean ± std over seeds;
+- the walk from the paper's Lamb to ALTO, one change at a time, where the study has its steps
+  (:mod:`valleys.bench.study.decomposition`);
 - the primary metric against the batch size per optimizer, error bars over seeds;
 - a (β1, α) heatmap for each optimizer and batch size whose trials vary both;
 - time to the target metric per optimizer and batch size;
@@ -24,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from valleys.bench.analysis.e_telemetry import Series, e_series, plot_e_telemetry
+from valleys.bench.study.decomposition import decomposition_lines
 from valleys.bench.study.figures import (
     batch_text,
     draw_heatmap,
@@ -444,6 +447,7 @@ def write_study_report(
     metric = units[0].meta["metric"]
     lines = _summary_lines(units, name, shown_url or url)
     lines += _best_lines(units, metric)
+    lines += decomposition_lines(units, metric)
     lines += _batch_lines(units, metric, figures)
     lines += _heatmap_lines(units, metric, figures)
     lines += _lr_lines(units, metric, figures)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PARAMETERS",
+    "SETTINGS",
     "OptimizerSpace",
     "Range",
     "Space",
@@ -26,8 +27,22 @@ __all__ = [
     "space_to_data",
 ]
 
-PARAMETERS = ("lr", "weight_decay", "alpha", "beta1", "momentum", "warmup_epochs")
-"""Parameters a search space may cover. ``beta1`` is E's β1 (``betas[0]`` or ``beta``)."""
+PARAMETERS = (
+    "lr",
+    "weight_decay",
+    "alpha",
+    "beta1",
+    "momentum",
+    "warmup_epochs",
+    "target_perturbation",
+)
+"""Parameters a search space may cover. ``beta1`` is E's β1 (``betas[0]`` or ``beta``);
+``target_perturbation`` is auto-E's ρ (α then adapts, starting from ``alpha``)."""
+
+SETTINGS = ("optimizer", "e_schedule")
+"""Fixed keys an ``[optimizers.<label>]`` table may hold besides its parameters: the registered
+optimizer when the label is another name (several variants of one optimizer in a study), and how
+E's α follows each run (:data:`valleys.bench.run.schedules.E_SCHEDULES`)."""
 
 _RANGE_KEYS = ("low", "high", "log")
 _BY_BATCH = "by_batch_size"
@@ -54,10 +69,19 @@ class OptimizerSpace:
         optimizer: a registered optimizer name.
         params: parameter → ``[(from_batch_size, space), ...]`` in ascending order; the space used
             at a batch size is the last one whose threshold it reaches (a plain space is ``[(1, s)]``).
+        label: the table's name, when it is not ``optimizer`` (a variant of it).
+        e_schedule: how E's α follows each run.
     """
 
     optimizer: str
     params: dict[str, list[tuple[int, Space]]]
+    label: str | None = None
+    e_schedule: str = "constant"
+
+    @property
+    def name(self) -> str:
+        """What the study calls this optimizer: its label, else its registered name."""
+        return self.label or self.optimizer
 
     def at(self, batch_size: int) -> dict[str, Space]:
         """The space of every parameter at ``batch_size``."""
@@ -90,6 +114,7 @@ def space_to_data(space: Space) -> Any:
 # Domain of each parameter: (check, description) — ranges must lie inside it too.
 _DOMAINS: dict[str, tuple[Callable[[float], bool], str]] = {
     "lr": (lambda v: v > 0, "> 0"),
+    "target_perturbation": (lambda v: v > 0, "> 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "alpha": (lambda v: True, "a finite number"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -101,23 +126,20 @@ _DOMAINS: dict[str, tuple[Callable[[float], bool], str]] = {
 def parse_optimizers(
     value: Any, kind: str, epochs: int, smallest_batch: int
 ) -> list[OptimizerSpace]:
-    """The ``[optimizers]`` table: one search space per registered optimizer, ``lr`` required."""
-    from valleys.optim import optimizer_info
+    """The ``[optimizers]`` table: one search space per table, ``lr`` required.
 
+    A table is named by a registered optimizer, or by a label of its own with the registered
+    name under ``optimizer`` (so that one optimizer can appear as several variants).
+    """
     optimizers = table(value, "optimizers")
     if not optimizers:
         raise StudyConfigError("[optimizers] must name at least one optimizer")
     spaces = []
     for name, params in optimizers.items():
-        try:
-            info = optimizer_info(name)
-        except ValueError as exc:
-            raise StudyConfigError(f"[optimizers]: {exc}") from None
-        if info.name != name:
-            raise StudyConfigError(f"[optimizers]: write optimizer {name!r} as {info.name!r}")
         params = table(params, f"optimizers.{name}")
+        info = _registered(name, params.get("optimizer", name))
         valid = _valid_parameters(info)
-        check_keys(params, valid, f"in [optimizers.{name}] (what {name} takes)")
+        check_keys(params, valid, f"in [optimizers.{name}] (what {info.name} takes)")
         if "lr" not in params:
             raise StudyConfigError(f"missing key 'lr' in [optimizers.{name}]")
         parsed = {
@@ -125,14 +147,58 @@ def parse_optimizers(
             for param in PARAMETERS
             if param in params
         }
-        spaces.append(OptimizerSpace(name, parsed))
+        label = name if name != info.name else None
+        e_schedule = _parse_e_schedule(params, name)
+        if e_schedule != "constant" and "target_perturbation" in parsed:
+            raise StudyConfigError(
+                f"[optimizers.{name}]: e_schedule and target_perturbation both set E's alpha; "
+                "give one of them"
+            )
+        spaces.append(OptimizerSpace(info.name, parsed, label, e_schedule))
     return spaces
 
 
+def _registered(name: str, optimizer: Any) -> OptimizerInfo:
+    from valleys.optim import optimizer_info
+
+    if not isinstance(optimizer, str):
+        raise StudyConfigError(
+            f"optimizers.{name}.optimizer must be a registered optimizer name, got {optimizer!r}"
+        )
+    try:
+        info = optimizer_info(optimizer)
+    except ValueError as exc:
+        raise StudyConfigError(f"[optimizers.{name}]: {exc}") from None
+    if info.name != optimizer:
+        raise StudyConfigError(
+            f"[optimizers.{name}]: write optimizer {optimizer!r} as {info.name!r}"
+        )
+    return info
+
+
+def _parse_e_schedule(params: Mapping[str, Any], name: str) -> str:
+    from valleys.bench.run.schedules import E_SCHEDULES
+
+    e_schedule = params.get("e_schedule", "constant")
+    if e_schedule not in E_SCHEDULES:
+        raise StudyConfigError(
+            f"optimizers.{name}.e_schedule must be one of {', '.join(E_SCHEDULES)}, "
+            f"got {e_schedule!r}"
+        )
+    return str(e_schedule)
+
+
 def _valid_parameters(info: OptimizerInfo) -> list[str]:
-    """The parameters a study may set for this optimizer: what its constructor takes."""
-    optional = ("weight_decay", "momentum", "alpha", "beta1")
-    return ["lr", "warmup_epochs", *(name for name in optional if info.accepts(name))]
+    """The keys a study may set for this optimizer: the parameters its constructor takes, and
+    :data:`SETTINGS` (``e_schedule`` only where it applies E)."""
+    optional = ("weight_decay", "momentum", "alpha", "beta1", "target_perturbation")
+    settings = [key for key in SETTINGS if key != "e_schedule" or info.explores]
+    return [
+        "lr",
+        "warmup_epochs",
+        *(name for name in optional if info.accepts(name)),
+        *settings,
+    ]
 
 
 def _parse_param(

@@ -327,7 +327,7 @@ class _Worker:
         study.tell(trial, state=TrialState.FAIL)
         if not self.quiet:
             print(
-                f"[trial failed] {unit.optimizer} bs={unit.batch_size} "
+                f"[trial failed] {unit.name} bs={unit.batch_size} "
                 f"{_format_params(params)}: {type(exc).__name__}: {exc}",
                 flush=True,
             )
@@ -372,7 +372,7 @@ class _Worker:
         shown = f"{value:.4f}" if math.isfinite(value) else "worst (diverged or target missed)"
         seed_text = f" seed={seeds[0]}" if self.config.kind == "grid" else f" seeds {list(seeds)}"
         print(
-            f"[{done.done}/{done.total}] {unit.optimizer} bs={unit.batch_size} "
+            f"[{done.done}/{done.total}] {unit.name} bs={unit.batch_size} "
             f"{_format_params(params)}{seed_text}: {_objective_label(self.config)} {shown} "
             f"({status}, {time.perf_counter() - started:.0f} s)",
             flush=True,
