@@ -441,6 +441,9 @@ def test_variants_of_one_optimizer_are_units_of_their_own(tmp_path: Path) -> Non
     assert configs["alto-bs64"]["e_schedule"] == "constant"
     report = write_study_report(_sqlite(out), config.name, out).read_text()
     assert "alto_auto" in report and "alto_cosine" in report
+    # Every auto-E target's telemetry is drawn and tabled, not only the best one's.
+    telemetry = report.split("## E's perturbation")[1].split("\n## ")[0]
+    assert "target_perturbation=0.05" in telemetry and "target_perturbation=0.2" in telemetry
 
 
 @pytest.mark.parametrize(

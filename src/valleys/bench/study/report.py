@@ -36,7 +36,13 @@ from valleys.bench.study.figures import (
     draw_time_bars,
     metric_scale,
 )
-from valleys.bench.study.results import UnitResult, find_unit, load_results, mean_std
+from valleys.bench.study.results import (
+    ConfigResult,
+    UnitResult,
+    find_unit,
+    load_results,
+    mean_std,
+)
 from valleys.bench.study.spaces import PARAMETERS
 
 __all__ = [
@@ -385,30 +391,41 @@ def _time_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
     return lines
 
 
+def _telemetry_configs(units: Sequence[UnitResult]) -> list[tuple[UnitResult, ConfigResult]]:
+    """The configurations whose E telemetry a report draws: each unit's best, and every one of a
+    unit that searched auto-E's target (whether each held its ρ is the point of those runs)."""
+    chosen = []
+    for unit in units:
+        if any("target_perturbation" in c.params for c in unit.configs):
+            chosen += [(unit, c) for c in unit.configs]
+        elif (best := unit.best()) is not None:
+            chosen.append((unit, best))
+    return chosen
+
+
 def _e_telemetry_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
     r"""E's perturbation :math:`\lVert\hat g - g\rVert / \lVert g\rVert` and cosine
-    :math:`\cos(\hat g, g)` per step for the best configuration of each unit whose runs logged
-    them (every seed that did not diverge), and their means over the steps, mean ± std over seeds;
-    nothing for a study without such runs."""
+    :math:`\cos(\hat g, g)` per step for the configurations :func:`_telemetry_configs` picks
+    whose runs logged them (every seed that did not diverge), and their means over the steps,
+    mean ± std over seeds; nothing for a study without such runs."""
     series: dict[str, list[Series]] = {}
     rows = []
-    for unit in units:
-        best = unit.best()
-        if best is None:
-            continue
+    for unit, config in _telemetry_configs(units):
         runs = [
             found
-            for seed in best.seeds
+            for seed in config.seeds
             if seed.status != "diverged" and (found := e_series(seed.run_dir)) is not None
         ]
         if not runs:
             continue
-        series[f"{unit.optimizer} {batch_text(unit.batch_size)}"] = runs
+        target = config.params.get("target_perturbation")
+        label = f"{unit.optimizer} {batch_text(unit.batch_size)}"
+        series[label + (f" ρ={target:g}" if target is not None else "")] = runs
         rows.append(
             [
                 unit.optimizer,
                 batch_text(unit.batch_size),
-                _params_text(best.params),
+                _params_text(config.params),
                 _show(mean_std([statistics.fmean(r[1]) for r in runs])),
                 _show(mean_std([statistics.fmean(r[2]) for r in runs])),
             ]
@@ -422,7 +439,8 @@ def _e_telemetry_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
         f"![E's perturbation]({FIGURES}/{E_TELEMETRY_FIGURE})",
         "",
         "How far E moved the gradient at each step: ‖ĝ − g‖/‖g‖ and cos(ĝ, g), for the best "
-        "configuration of each optimizer with E at each batch size (every seed); below, their "
+        "configuration of each optimizer with E at each batch size, and every target ρ of "
+        "auto-E (every seed); below, their "
         "means over the steps (mean ± std over seeds).",
         "",
         *_table(
