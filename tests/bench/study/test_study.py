@@ -448,7 +448,13 @@ def test_variants_of_one_optimizer_are_units_of_their_own(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("name", "trials"),
-    [("batch_sweep", 42), ("beta_alpha_grid", 108), ("time_to_target", 18), ("equal_budget", 48)],
+    [
+        ("batch_sweep", 42),
+        ("beta_alpha_grid", 108),
+        ("time_to_target", 18),
+        ("equal_budget", 48),
+        ("cnn_decomposition", 36),
+    ],
 )
 def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, trials: int) -> None:
     path = Path(__file__).resolve().parents[3] / "studies" / f"{name}.toml"
