@@ -456,6 +456,7 @@ def test_variants_of_one_optimizer_are_units_of_their_own(tmp_path: Path) -> Non
         ("cnn_decomposition", 36),
         ("text_equal_budget", 42),
         ("text_equal_budget_layerwise", 18),
+        ("cnn_peers", 22),
     ],
 )
 def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, trials: int) -> None:
