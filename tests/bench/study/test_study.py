@@ -457,6 +457,9 @@ def test_variants_of_one_optimizer_are_units_of_their_own(tmp_path: Path) -> Non
         ("text_equal_budget", 42),
         ("text_equal_budget_layerwise", 18),
         ("cnn_peers", 22),
+        ("lm_decomposition", 39),
+        ("auto_e_cnn", 27),
+        ("auto_e_text", 27),
     ],
 )
 def test_shipped_study_configs_are_valid_and_state_their_run_time(name: str, trials: int) -> None:

@@ -26,6 +26,7 @@ def test_each_step_shows_its_change_error_and_share() -> None:
     # +4 points, standard error sqrt(2 · 0.02² / 2) · 100 = 1.41, 80 % of the 5-point gap.
     assert "`lamb_paper_bc`" in rows[1] and "+4.00 ± 1.41 points | 80 %" in rows[1]
     assert "`alto_reference`" in rows[2] and "+1.00 ± 1.41 points | 20 %" in rows[2]
+    assert "higher is better" in "".join(decomposition_lines(units, "accuracy"))
 
 
 def test_no_section_without_two_steps() -> None:

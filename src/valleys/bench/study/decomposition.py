@@ -62,12 +62,13 @@ def decomposition_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
     if not rows:
         return []
     headers = ["batch", "step", "change", f"best {metric}", "vs the step before", "share of gap"]
+    better = "higher" if units[0].meta.get("higher_is_better", True) else "lower"
     return [
         "## From the paper's Lamb to ALTO, one change at a time",
         "",
-        f"Best configuration of each step (mean ± std over seeds of the best {metric}); each "
-        "change against the step before ± its standard error; its share of the whole gap from "
-        "the first step to the last (shares of a gap within the noise mean little).",
+        f"Best configuration of each step (mean ± std over seeds of the best {metric}; {better} is "
+        "better); each change against the step before ± its standard error; its share of the "
+        "whole gap from the first step to the last (shares of a gap within the noise mean little).",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),
