@@ -2,7 +2,9 @@
 
 The 2-process runs use the same global batch (64 = 16 per micro-batch × 2 micro-batches × 2 ranks)
 as the 1-process reference (16 per micro-batch × 4 micro-batches), so every optimizer step sees the
-gradient of the same 64 examples; only float rounding (the order of the sums) differs.
+gradient of the same 64 examples; only float rounding (the order of the sums) differs. The model is
+the MLP: BatchNorm's running statistics are each rank's own under DDP and FSDP (as in torch without
+``SyncBatchNorm``), so a conv net with BatchNorm does not equal one process.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ from valleys.bench.run.batches import accumulate_gradients
 from valleys.bench.run.config import TrainConfig
 from valleys.bench.run.distributed import shard_units
 from valleys.bench.run.train import train
-from valleys.bench.tasks import build_task
+from valleys.bench.tasks import TaskOptions, build_task
 
-ARGS = ["--task", "digits", "--optimizer", "alto", "--micro-batch-size", "16", "--quiet"]
-CONFIG = TrainConfig(task="digits", optimizer="alto", batch_size=64, micro_batch_size=16, epochs=2)
+ARGS = ["--task", "digits", "--model", "mlp", "--optimizer", "alto", "--micro-batch-size", "16"]
+ARGS += ["--quiet"]
+CONFIG = TrainConfig(
+    task="digits",
+    optimizer="alto",
+    batch_size=64,
+    micro_batch_size=16,
+    epochs=2,
+    task_options=TaskOptions(model="mlp"),
+)
 RTOL = 1e-4
 
 
