@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from valleys.bench.study.figures import batch_text, metric_scale
+from valleys.bench.study.figures import batch_text, metric_scale, table
 from valleys.bench.study.results import UnitResult, find_unit
 
 __all__ = ["decomposition_lines"]
@@ -70,8 +70,6 @@ def decomposition_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
         "better); each change against the step before ± its standard error; its share of the "
         "whole gap from the first step to the last (shares of a gap within the noise mean little).",
         "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *table(headers, rows),
         "",
     ]

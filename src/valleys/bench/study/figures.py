@@ -21,6 +21,7 @@ __all__ = [
     "draw_scatter",
     "draw_time_bars",
     "metric_scale",
+    "table",
 ]
 
 
@@ -31,6 +32,12 @@ def metric_scale(metric: str) -> float:
 
 def _axis_label(metric: str) -> str:
     return f"best test {metric}" + (" (%)" if metric_scale(metric) == 100 else "")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table of ``rows`` under ``headers``, as the reports print them."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def batch_text(batch: int) -> str:

@@ -35,6 +35,7 @@ from valleys.bench.study.figures import (
     draw_scatter,
     draw_time_bars,
     metric_scale,
+    table,
 )
 from valleys.bench.study.results import (
     ConfigResult,
@@ -97,12 +98,6 @@ def _params_text(params: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={params[k]:.4g}" for k in PARAMETERS if k in params) or "—"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 # --- sections -----------------------------------------------------------------------------------
 
 
@@ -131,7 +126,7 @@ def _summary_lines(units: Sequence[UnitResult], name: str, url_shown: str) -> li
                 str(unit.states.get("RUNNING", 0) + unit.states.get("WAITING", 0)),
             ]
         )
-    lines += _table(
+    lines += table(
         ["optimizer", "batch", "complete trials", "diverged seeds", "failed trials", "unfinished"],
         rows,
     )
@@ -174,7 +169,7 @@ def _best_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
                 f"{len(best.seeds)}" + (f" ({best.diverged} diverged)" if best.diverged else ""),
             ]
         )
-    lines += _table(
+    lines += table(
         [
             "optimizer",
             "batch",
@@ -196,7 +191,7 @@ def _best_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
             _PAPER_LABEL + ": top-1 %, mean of 3 runs. The paper tuned only β1 and η for ALTO "
             "while its baselines got their full hyperparameters tuned.",
             "",
-            *_table(
+            *table(
                 ["task", "batch", *present],
                 [
                     [task, str(batch), *(f"{values[c]:.2f}" for c in columns)]
@@ -239,7 +234,7 @@ def _all_config_lines(units: Sequence[UnitResult], metric: str) -> list[str]:
         "",
         "<details><summary>table</summary>",
         "",
-        *_table(
+        *table(
             [
                 "optimizer",
                 "batch",
@@ -288,12 +283,12 @@ def _batch_lines(units: Sequence[UnitResult], metric: str, figures: Path) -> lis
         "",
         f"![{metric} vs batch size]({FIGURES}/metric_vs_batch.png)",
         "",
-        *_table(headers, rows),
+        *table(headers, rows),
         "",
         _PAPER_LABEL + ": VGG-16 on CIFAR-100, top-1 %, ALTO vs Lamb with β1 = 0.999, α = −5, "
         "lr 0.001 up to 1K and 0.01 from 2K; 50K is the full batch. The gap grows with the batch.",
         "",
-        *_table(
+        *table(
             ["batch", "ALTO", "Lamb", "ALTO − Lamb"],
             [
                 [batch_text(b), f"{a:.2f}", f"{lamb:.2f}", f"{a - lamb:+.2f}"]
@@ -443,9 +438,7 @@ def _e_telemetry_lines(units: Sequence[UnitResult], figures: Path) -> list[str]:
         "auto-E (every seed); below, their "
         "means over the steps (mean ± std over seeds).",
         "",
-        *_table(
-            ["optimizer", "batch", "configuration", "mean ‖ĝ − g‖/‖g‖", "mean cos(ĝ, g)"], rows
-        ),
+        *table(["optimizer", "batch", "configuration", "mean ‖ĝ − g‖/‖g‖", "mean cos(ĝ, g)"], rows),
         "",
     ]
 
@@ -504,7 +497,7 @@ def _flatness_lines(units: Sequence[UnitResult]) -> list[str]:
         "`valleys flatness` does (fixed training subset, eval mode; mean ± std over seeds; a top "
         "eigenvalue counts only where the power iteration converged).",
         "",
-        *_table(
+        *table(
             [
                 "optimizer",
                 "batch",
